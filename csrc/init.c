@@ -1,0 +1,1042 @@
+/* pysandbox-init: PID 1 of every sandbox.
+ *
+ * Started by the Python parent (csrc/spawn.c) inside fresh namespaces with
+ * the control socket on fd 3.  It reads the plan, builds the root, enters it,
+ * and then serves run requests: each run gets a supervisor (a fork of init,
+ * subreaper of everything the command starts) that execs the command and
+ * reports its pid and its exit status on a per-run channel.
+ *
+ * Init never formats a message: a failure is a (step, errno, index) record.
+ * Init exits when the control socket closes; the kernel then kills every
+ * process of the pid namespace, and the mounts go with the mount namespace. */
+#define _GNU_SOURCE
+#include "proto.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/openat2.h>
+#include <net/if.h>
+#include <poll.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <grp.h>
+#include <unistd.h>
+
+#define CTRL PS_CTRL_FD
+
+/* ------------------------------------------------------------------ */
+/* records                                                             */
+
+static void send_record(int fd, const struct ps_record *r)
+{
+    ssize_t n;
+    do {
+        n = send(fd, r, sizeof *r, MSG_NOSIGNAL);
+    } while (n < 0 && errno == EINTR);
+}
+
+static void send_simple(int fd, uint32_t type, int step, int err, int index,
+                        int64_t pid)
+{
+    struct ps_record r;
+    memset(&r, 0, sizeof r);
+    r.type = type;
+    r.step = (uint32_t)step;
+    r.err = err;
+    r.index = index;
+    r.pid = pid;
+    send_record(fd, &r);
+}
+
+/* Receive one SEQPACKET message of any size, with up to max_fds fds. */
+static ssize_t recv_message(int fd, char **buf_out, int *fds, int max_fds,
+                            int *n_fds)
+{
+    union {
+        struct cmsghdr h;
+        char b[CMSG_SPACE(sizeof(int) * 8)];
+    } cbuf;
+    struct msghdr msg;
+    struct iovec iov;
+    struct cmsghdr *c;
+    char peek;
+    ssize_t size, n;
+    char *buf;
+
+    *n_fds = 0;
+    iov.iov_base = &peek;
+    iov.iov_len = 1;
+    memset(&msg, 0, sizeof msg);
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    do {
+        size = recvmsg(fd, &msg, MSG_PEEK | MSG_TRUNC);
+    } while (size < 0 && errno == EINTR);
+    if (size <= 0)
+        return size;
+    buf = malloc((size_t)size + 1);
+    if (!buf)
+        return -1;
+    iov.iov_base = buf;
+    iov.iov_len = (size_t)size;
+    memset(&msg, 0, sizeof msg);
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.b;
+    msg.msg_controllen = sizeof cbuf.b;
+    do {
+        n = recvmsg(fd, &msg, MSG_CMSG_CLOEXEC);
+    } while (n < 0 && errno == EINTR);
+    if (n < 0) {
+        free(buf);
+        return -1;
+    }
+    for (c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
+            int count = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+            int *in = (int *)CMSG_DATA(c);
+            for (int i = 0; i < count; i++) {
+                if (*n_fds < max_fds)
+                    fds[(*n_fds)++] = in[i];
+                else
+                    close(in[i]);
+            }
+        }
+    }
+    buf[n] = 0;
+    *buf_out = buf;
+    return n;
+}
+
+/* ------------------------------------------------------------------ */
+/* the plan                                                            */
+
+struct op {
+    uint32_t kind, flags, mode;
+    const char *src, *dst, *data;
+    int src_fd; /* detached clone of the bind source, opened in phase 1 */
+};
+
+struct plan {
+    uint32_t flags;
+    const char *hostname;
+    const char *staging;
+    uint32_t n_ops;
+    struct op *ops;
+};
+
+static int take_string(const char **p, const char *end, uint32_t len,
+                       const char **out)
+{
+    if (len == 0) {
+        *out = NULL;
+        return 0;
+    }
+    if ((size_t)(end - *p) < len || (*p)[len - 1] != 0)
+        return -1;
+    *out = *p;
+    *p += len;
+    return 0;
+}
+
+static int parse_plan(char *buf, size_t size, struct plan *pl)
+{
+    const char *p = buf, *end = buf + size;
+    struct ps_plan_hdr h;
+    if (size < sizeof h)
+        return -1;
+    memcpy(&h, p, sizeof h);
+    p += sizeof h;
+    if (h.magic != PS_PLAN_MAGIC || h.n_ops > 100000)
+        return -1;
+    pl->flags = h.flags;
+    pl->n_ops = h.n_ops;
+    if (take_string(&p, end, h.hostname_len, &pl->hostname) < 0 ||
+        take_string(&p, end, h.staging_len, &pl->staging) < 0 || !pl->staging)
+        return -1;
+    pl->ops = calloc(h.n_ops ? h.n_ops : 1, sizeof *pl->ops);
+    if (!pl->ops)
+        return -1;
+    for (uint32_t i = 0; i < h.n_ops; i++) {
+        struct ps_op_hdr oh;
+        struct op *o = &pl->ops[i];
+        if ((size_t)(end - p) < sizeof oh)
+            return -1;
+        memcpy(&oh, p, sizeof oh);
+        p += sizeof oh;
+        o->kind = oh.kind;
+        o->flags = oh.flags;
+        o->mode = oh.mode;
+        o->src_fd = -1;
+        if (take_string(&p, end, oh.src_len, &o->src) < 0 ||
+            take_string(&p, end, oh.dst_len, &o->dst) < 0 ||
+            take_string(&p, end, oh.data_len, &o->data) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* building the root: every step returns 0 or sets *step and errno      */
+
+static unsigned int mount_attrs(uint32_t flags)
+{
+    unsigned int a = 0;
+    if (flags & PS_F_RDONLY)
+        a |= MOUNT_ATTR_RDONLY;
+    if (flags & PS_F_NOSUID)
+        a |= MOUNT_ATTR_NOSUID;
+    if (flags & PS_F_NODEV)
+        a |= MOUNT_ATTR_NODEV;
+    if (flags & PS_F_NOEXEC)
+        a |= MOUNT_ATTR_NOEXEC;
+    return a;
+}
+
+/* A new detached filesystem mount: fsopen, options "k=v,k,...", fsmount. */
+static int new_fs_mount(const char *type, const char *options, uint32_t flags)
+{
+    int fs = fsopen(type, FSOPEN_CLOEXEC);
+    int m;
+    if (fs < 0)
+        return -1;
+    if (options && *options) {
+        char opts[4096];
+        char *save = NULL, *kv;
+        if (strlen(options) >= sizeof opts) {
+            close(fs);
+            errno = E2BIG;
+            return -1;
+        }
+        strcpy(opts, options);
+        for (kv = strtok_r(opts, ",", &save); kv; kv = strtok_r(NULL, ",", &save)) {
+            char *eq = strchr(kv, '=');
+            int rc;
+            if (eq) {
+                *eq = 0;
+                rc = fsconfig(fs, FSCONFIG_SET_STRING, kv, eq + 1, 0);
+            } else {
+                rc = fsconfig(fs, FSCONFIG_SET_FLAG, kv, NULL, 0);
+            }
+            if (rc < 0) {
+                int saved = errno;
+                close(fs);
+                errno = saved;
+                return -1;
+            }
+        }
+    }
+    if (fsconfig(fs, FSCONFIG_CMD_CREATE, NULL, NULL, 0) < 0) {
+        int saved = errno;
+        close(fs);
+        errno = saved;
+        return -1;
+    }
+    m = fsmount(fs, FSMOUNT_CLOEXEC, mount_attrs(flags));
+    int saved = errno;
+    close(fs);
+    errno = saved;
+    return m;
+}
+
+/* The writable layer: a private tmpfs holding upper/ and work/, and the
+ * overlay over the (never written) rootfs. */
+static int overlay_root_mount(const char *lower)
+{
+    char opts[8192];
+    int layer = new_fs_mount("tmpfs", "mode=0755", 0);
+    int root;
+    if (layer < 0)
+        return -1;
+    if (mkdirat(layer, "upper", 0755) < 0 || mkdirat(layer, "work", 0755) < 0)
+        goto fail;
+    if ((size_t)snprintf(opts, sizeof opts,
+                         "lowerdir=%s,upperdir=/proc/self/fd/%d/upper,"
+                         "workdir=/proc/self/fd/%d/work",
+                         lower, layer, layer) >= sizeof opts) {
+        errno = ENAMETOOLONG;
+        goto fail;
+    }
+    {
+        /* lowerdir may hold escaped commas: hand the options over whole. */
+        int fs = fsopen("overlay", FSOPEN_CLOEXEC);
+        if (fs < 0)
+            goto fail;
+        char lowerbuf[4200], upper[64], work[64];
+        snprintf(upper, sizeof upper, "/proc/self/fd/%d/upper", layer);
+        snprintf(work, sizeof work, "/proc/self/fd/%d/work", layer);
+        if (strlen(lower) >= sizeof lowerbuf) {
+            close(fs);
+            errno = ENAMETOOLONG;
+            goto fail;
+        }
+        strcpy(lowerbuf, lower);
+        if (fsconfig(fs, FSCONFIG_SET_STRING, "lowerdir", lowerbuf, 0) < 0 ||
+            fsconfig(fs, FSCONFIG_SET_STRING, "upperdir", upper, 0) < 0 ||
+            fsconfig(fs, FSCONFIG_SET_STRING, "workdir", work, 0) < 0 ||
+            fsconfig(fs, FSCONFIG_CMD_CREATE, NULL, NULL, 0) < 0) {
+            int saved = errno;
+            close(fs);
+            errno = saved;
+            goto fail;
+        }
+        root = fsmount(fs, FSMOUNT_CLOEXEC, 0);
+        int saved = errno;
+        close(fs);
+        errno = saved;
+        if (root < 0)
+            goto fail;
+    }
+    close(layer);
+    return root;
+fail:;
+    int saved = errno;
+    close(layer);
+    errno = saved;
+    return -1;
+}
+
+/* Resolve `path` (absolute, inside) below root, creating what is missing:
+ * directories, and the last component as a file when want_file.  Symlinks
+ * and ".." cannot leave the root (RESOLVE_IN_ROOT).  Returns an O_PATH fd. */
+static int resolve_in_root(int root, const char *path, int create, int want_file,
+                           int *step)
+{
+    struct open_how how;
+    char rel[4096];
+    int fd;
+
+    while (*path == '/')
+        path++;
+    if (!*path) {
+        fd = dup(root);
+        if (fd < 0)
+            *step = PS_STEP_RESOLVE_TARGET;
+        return fd;
+    }
+    if (strlen(path) >= sizeof rel) {
+        errno = ENAMETOOLONG;
+        *step = PS_STEP_RESOLVE_TARGET;
+        return -1;
+    }
+    strcpy(rel, path);
+    memset(&how, 0, sizeof how);
+    how.flags = O_PATH | O_CLOEXEC;
+    how.resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS;
+    fd = (int)syscall(SYS_openat2, root, rel, &how, sizeof how);
+    if (fd >= 0 || errno != ENOENT || !create) {
+        if (fd < 0)
+            *step = PS_STEP_RESOLVE_TARGET;
+        return fd;
+    }
+    /* create the parent first, then this component inside it */
+    char *slash = strrchr(rel, '/');
+    int parent;
+    const char *base;
+    if (slash) {
+        *slash = 0;
+        parent = resolve_in_root(root, rel, 1, 0, step);
+        base = slash + 1;
+    } else {
+        parent = dup(root);
+        base = rel;
+    }
+    if (parent < 0)
+        return -1;
+    /* O_PATH parents cannot be used for mkdirat: reopen as a directory */
+    int dir = openat(parent, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    close(parent);
+    if (dir < 0) {
+        *step = PS_STEP_CREATE_TARGET;
+        return -1;
+    }
+    int rc;
+    if (want_file) {
+        rc = openat(dir, base, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
+                    0644);
+        if (rc >= 0)
+            close(rc);
+    } else {
+        rc = mkdirat(dir, base, 0755);
+    }
+    if (rc < 0 && errno != EEXIST) {
+        int saved = errno;
+        close(dir);
+        errno = saved;
+        *step = PS_STEP_CREATE_TARGET;
+        return -1;
+    }
+    close(dir);
+    if (slash)
+        *slash = '/';
+    fd = (int)syscall(SYS_openat2, root, rel, &how, sizeof how);
+    if (fd < 0)
+        *step = PS_STEP_RESOLVE_TARGET;
+    return fd;
+}
+
+static int attach(int mnt, int target)
+{
+    return move_mount(mnt, "", target, "",
+                      MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH);
+}
+
+/* Phase 1, in the host view: a detached clone of every bind source, so that
+ * mounting the new root over the staging directory hides nothing we need. */
+static int open_sources(struct plan *pl, int *step, int *index)
+{
+    for (uint32_t i = 0; i < pl->n_ops; i++) {
+        struct op *o = &pl->ops[i];
+        if (o->kind != PS_OP_BIND)
+            continue;
+        o->src_fd = open_tree(AT_FDCWD, o->src,
+                              OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE);
+        if (o->src_fd < 0) {
+            if (errno == ENOENT && (o->flags & PS_F_OPTIONAL))
+                continue;
+            *step = PS_STEP_OPEN_SOURCE;
+            *index = (int)i;
+            return -1;
+        }
+        if (mount_setattr(o->src_fd, "", AT_EMPTY_PATH | AT_RECURSIVE,
+                          &(struct mount_attr){ .attr_set = mount_attrs(o->flags) },
+                          sizeof(struct mount_attr)) < 0) {
+            *step = PS_STEP_MOUNT;
+            *index = (int)i;
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static int run_op(int root, struct op *o, int *step)
+{
+    int target, mnt = -1, rc = 0;
+    int want_file = (o->flags & PS_F_FILE) != 0;
+
+    switch (o->kind) {
+    case PS_OP_SYMLINK: {
+        /* create the parent, then the link itself (never followed) */
+        char parent[4096];
+        const char *slash = strrchr(o->dst, '/');
+        size_t plen = slash ? (size_t)(slash - o->dst) : 0;
+        if (plen >= sizeof parent) {
+            errno = ENAMETOOLONG;
+            *step = PS_STEP_SYMLINK;
+            return -1;
+        }
+        memcpy(parent, o->dst, plen);
+        parent[plen] = 0;
+        int pfd = resolve_in_root(root, parent, 1, 0, step);
+        if (pfd < 0)
+            return -1;
+        int dir = openat(pfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        close(pfd);
+        if (dir < 0 || symlinkat(o->data, dir, slash ? slash + 1 : o->dst) < 0) {
+            if (errno == EEXIST) {
+                close(dir);
+                return 0;
+            }
+            int saved = errno;
+            if (dir >= 0)
+                close(dir);
+            errno = saved;
+            *step = PS_STEP_SYMLINK;
+            return -1;
+        }
+        close(dir);
+        return 0;
+    }
+    case PS_OP_BIND:
+        if (o->src_fd < 0)
+            return 0; /* optional source missing */
+        if (!want_file) {
+            struct stat st;
+            if (fstat(o->src_fd, &st) == 0 && !S_ISDIR(st.st_mode))
+                want_file = 1;
+        }
+        break;
+    default:
+        break;
+    }
+
+    target = resolve_in_root(root, o->dst, 1, want_file, step);
+    if (target < 0)
+        return -1;
+
+    switch (o->kind) {
+    case PS_OP_MKDIR:
+        close(target);
+        return 0;
+    case PS_OP_REMOUNT_RO:
+        rc = mount_setattr(target, "", AT_EMPTY_PATH,
+                           &(struct mount_attr){ .attr_set = MOUNT_ATTR_RDONLY },
+                           sizeof(struct mount_attr));
+        if (rc < 0)
+            *step = PS_STEP_REMOUNT_RO;
+        close(target);
+        return rc;
+    case PS_OP_BIND:
+        mnt = o->src_fd;
+        o->src_fd = -1;
+        break;
+    case PS_OP_TMPFS:
+        mnt = new_fs_mount("tmpfs", o->data, o->flags);
+        break;
+    case PS_OP_PROC:
+        mnt = new_fs_mount("proc", o->data, o->flags);
+        break;
+    case PS_OP_DEVPTS:
+        mnt = new_fs_mount("devpts", o->data, o->flags);
+        break;
+    case PS_OP_MQUEUE:
+        mnt = new_fs_mount("mqueue", o->data, o->flags);
+        break;
+    default:
+        errno = EINVAL;
+        break;
+    }
+    if (mnt < 0 || attach(mnt, target) < 0) {
+        int saved = errno;
+        if (mnt >= 0)
+            close(mnt);
+        close(target);
+        errno = saved;
+        *step = PS_STEP_MOUNT;
+        return -1;
+    }
+    close(mnt);
+    close(target);
+    return 0;
+}
+
+static int loopback_up(void)
+{
+    struct ifreq ifr;
+    int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (s < 0)
+        return -1;
+    memset(&ifr, 0, sizeof ifr);
+    strcpy(ifr.ifr_name, "lo");
+    if (ioctl(s, SIOCGIFFLAGS, &ifr) < 0)
+        goto fail;
+    ifr.ifr_flags |= IFF_UP | IFF_RUNNING;
+    if (ioctl(s, SIOCSIFFLAGS, &ifr) < 0)
+        goto fail;
+    close(s);
+    return 0;
+fail:;
+    int saved = errno;
+    close(s);
+    errno = saved;
+    return -1;
+}
+
+/* The container, as a flat checklist.  Returns 0, or -1 with step/index. */
+static int build_container(struct plan *pl, int *step, int *index)
+{
+    int root_mnt = -1, root = -1;
+    uint32_t first = 0;
+
+    *index = -1;
+    *step = PS_STEP_MAKE_PRIVATE;
+    if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
+        return -1;
+
+    if (open_sources(pl, step, index) < 0)
+        return -1;
+
+    /* the root mount: first op */
+    *step = PS_STEP_ROOT_MOUNT;
+    *index = 0;
+    if (pl->n_ops == 0) {
+        errno = EINVAL;
+        return -1;
+    }
+    if (pl->ops[0].kind == PS_OP_ROOT_TMPFS)
+        root_mnt = new_fs_mount("tmpfs", pl->ops[0].data, pl->ops[0].flags);
+    else if (pl->ops[0].kind == PS_OP_ROOT_OVERLAY)
+        root_mnt = overlay_root_mount(pl->ops[0].src);
+    else
+        errno = EINVAL;
+    if (root_mnt < 0)
+        return -1;
+    first = 1;
+
+    *step = PS_STEP_ATTACH_ROOT;
+    if (move_mount(root_mnt, "", AT_FDCWD, pl->staging, MOVE_MOUNT_F_EMPTY_PATH) < 0)
+        return -1;
+    close(root_mnt);
+    root = open(pl->staging, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (root < 0)
+        return -1;
+
+    for (uint32_t i = first; i < pl->n_ops; i++) {
+        *index = (int)i;
+        if (run_op(root, &pl->ops[i], step) < 0)
+            return -1;
+    }
+    *index = -1;
+
+    if (pl->hostname) {
+        *step = PS_STEP_HOSTNAME;
+        if (sethostname(pl->hostname, strlen(pl->hostname)) < 0)
+            return -1;
+    }
+    if (pl->flags & PS_PLAN_LOOPBACK) {
+        *step = PS_STEP_LOOPBACK;
+        if (loopback_up() < 0)
+            return -1;
+    }
+
+    /* enter the root and drop the old one */
+    *step = PS_STEP_PIVOT_ROOT;
+    if (fchdir(root) < 0 && chdir(pl->staging) < 0)
+        return -1;
+    close(root);
+    if (chdir(pl->staging) < 0)
+        return -1;
+    if (syscall(SYS_pivot_root, ".", ".") < 0)
+        return -1;
+    if (umount2(".", MNT_DETACH) < 0)
+        return -1;
+    if (chdir("/") < 0)
+        return -1;
+
+    if (pl->flags & PS_PLAN_TIME_NS) {
+        *step = PS_STEP_TIME_NS;
+        if (unshare(CLONE_NEWTIME) < 0 && errno != EINVAL)
+            return -1;
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* runs                                                                */
+
+struct run_request {
+    struct ps_request_hdr h;
+    const struct ps_rlimit *rlimits;
+    const char *cwd;
+    char **argv;
+    char **envp;
+    int chan, in, out, err;
+};
+
+struct exec_status {
+    volatile int step;
+    volatile int err;
+};
+
+static const char *env_path(char **envp)
+{
+    for (char **e = envp; *e; e++)
+        if (strncmp(*e, "PATH=", 5) == 0)
+            return *e + 5;
+    return "/bin:/usr/bin";
+}
+
+/* Child of vfork in the supervisor: system calls only, then execve. */
+static void exec_command(const struct run_request *r, struct exec_status *st)
+{
+    sigset_t none;
+    sigemptyset(&none);
+
+    st->step = PS_STEP_STDIO;
+    if (setsid() < 0)
+        goto fail;
+    if (dup2(r->in, 0) < 0 || dup2(r->out, 1) < 0 || dup2(r->err, 2) < 0)
+        goto fail;
+    if (syscall(SYS_close_range, 3U, ~0U, 0U) < 0)
+        goto fail;
+
+    st->step = PS_STEP_RLIMIT;
+    for (uint32_t i = 0; i < r->h.n_rlimits; i++) {
+        struct rlimit rl = { r->rlimits[i].soft, r->rlimits[i].hard };
+        if (setrlimit((int)r->rlimits[i].resource, &rl) < 0)
+            goto fail;
+    }
+
+    if (r->h.flags & PS_RUN_SETID) {
+        st->step = PS_STEP_SETID;
+        if (setgroups(0, NULL) < 0 && errno != EPERM)
+            goto fail;
+        if (setresgid((gid_t)r->h.gid, (gid_t)r->h.gid, (gid_t)r->h.gid) < 0 ||
+            setresuid((uid_t)r->h.uid, (uid_t)r->h.uid, (uid_t)r->h.uid) < 0)
+            goto fail;
+    }
+
+    st->step = PS_STEP_CHDIR;
+    if (chdir(r->cwd) < 0)
+        goto fail;
+
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    st->step = PS_STEP_EXEC;
+    const char *file = r->argv[0];
+    if (strchr(file, '/')) {
+        execve(file, r->argv, r->envp);
+        goto fail;
+    }
+    /* PATH search as execvp does it, without the /bin/sh fallback
+     * (subprocess does not have it either) */
+    {
+        const char *p = env_path(r->envp);
+        size_t flen = strlen(file);
+        int saw_eacces = 0;
+        int last = ENOENT;
+        char buf[4096];
+        while (1) {
+            const char *colon = strchr(p, ':');
+            size_t dlen = colon ? (size_t)(colon - p) : strlen(p);
+            if (dlen + flen + 2 <= sizeof buf) {
+                size_t k = 0;
+                if (dlen == 0) {
+                    buf[k++] = '.';
+                } else {
+                    memcpy(buf, p, dlen);
+                    k = dlen;
+                }
+                buf[k++] = '/';
+                memcpy(buf + k, file, flen + 1);
+                execve(buf, r->argv, r->envp);
+                switch (errno) {
+                case EACCES:
+                    saw_eacces = 1;
+                    /* fall through */
+                case ENOENT:
+                case ENOTDIR:
+                case ESTALE:
+                case ENODEV:
+                case ETIMEDOUT:
+                case ELOOP:
+                case ENAMETOOLONG:
+                    last = errno;
+                    break;
+                default:
+                    goto fail;
+                }
+            }
+            if (!colon)
+                break;
+            p = colon + 1;
+        }
+        errno = saw_eacces ? EACCES : last;
+    }
+fail:
+    st->err = errno ? errno : EINVAL;
+    _exit(127);
+}
+
+static void send_exit(int chan, int status, const struct rusage *ru)
+{
+    struct ps_record r;
+    memset(&r, 0, sizeof r);
+    r.type = PS_REC_EXIT;
+    r.status = status;
+    r.utime_us = (int64_t)ru->ru_utime.tv_sec * 1000000 + ru->ru_utime.tv_usec;
+    r.stime_us = (int64_t)ru->ru_stime.tv_sec * 1000000 + ru->ru_stime.tv_usec;
+    r.maxrss_kb = ru->ru_maxrss;
+    send_record(chan, &r);
+}
+
+/* Reap what is ready (or block for one when `block`).  Returns -1 when the
+ * supervisor has no child left. */
+static int reap_children(pid_t cmd, int *cmd_reaped, int chan, int block)
+{
+    for (;;) {
+        int status;
+        struct rusage ru;
+        pid_t w = wait4(-1, &status, __WALL | (block ? 0 : WNOHANG), &ru);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            return -1; /* ECHILD */
+        }
+        if (w == 0)
+            return 0;
+        if (w == cmd && !*cmd_reaped) {
+            *cmd_reaped = 1;
+            send_exit(chan, status, &ru);
+        }
+        block = 0;
+    }
+}
+
+/* Kill every process of this run: the supervisor is their subreaper, so
+ * each orphan comes back to it; repeat until nothing is left. */
+static void kill_tree(pid_t cmd, int *cmd_reaped, int chan)
+{
+    char path[64], buf[4096];
+    snprintf(path, sizeof path, "/proc/self/task/%d/children", (int)getpid());
+    for (;;) {
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        ssize_t n = 0, total = 0;
+        if (fd >= 0) {
+            while ((n = read(fd, buf + total, sizeof buf - 1 - (size_t)total)) > 0) {
+                total += n;
+                if ((size_t)total >= sizeof buf - 1)
+                    break;
+            }
+            close(fd);
+        }
+        buf[total] = 0;
+        for (char *p = buf; *p;) {
+            char *endp;
+            long pid = strtol(p, &endp, 10);
+            if (endp == p)
+                break;
+            kill((pid_t)pid, SIGKILL);
+            p = endp;
+        }
+        if (fd < 0 && !*cmd_reaped)
+            kill(cmd, SIGKILL);
+        if (reap_children(cmd, cmd_reaped, chan, 1) < 0)
+            return;
+    }
+}
+
+static void supervise(struct run_request *r)
+{
+    struct exec_status st = { 0, 0 };
+    sigset_t set;
+    pid_t cmd;
+    int cmd_reaped = 0;
+
+    close(CTRL);
+    prctl(PR_SET_CHILD_SUBREAPER, 1);
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    sigemptyset(&set);
+    sigaddset(&set, SIGCHLD);
+    sigaddset(&set, SIGUSR1);
+    sigprocmask(SIG_BLOCK, &set, NULL);
+
+    cmd = vfork();
+    if (cmd == 0) {
+        exec_command(r, &st);
+        _exit(127);
+    }
+    if (cmd < 0) {
+        send_simple(r->chan, PS_REC_SPAWN_FAILED, PS_STEP_FORK, errno, -1, 0);
+        _exit(0);
+    }
+    close(r->in);
+    close(r->out);
+    close(r->err);
+    if (st.err) {
+        int status;
+        while (waitpid(cmd, &status, 0) < 0 && errno == EINTR)
+            ;
+        send_simple(r->chan, PS_REC_SPAWN_FAILED, st.step, st.err, -1, 0);
+        _exit(0);
+    }
+    send_simple(r->chan, PS_REC_SPAWNED, 0, 0, -1, cmd);
+
+    for (;;) {
+        siginfo_t info;
+        int sig = sigwaitinfo(&set, &info);
+        if (sig == SIGUSR1) {
+            int what = info.si_value.sival_int;
+            if (what == 0) {
+                kill_tree(cmd, &cmd_reaped, r->chan);
+                _exit(0);
+            }
+            if (!cmd_reaped)
+                kill(cmd, what);
+        } else if (sig == SIGCHLD) {
+            if (reap_children(cmd, &cmd_reaped, r->chan, 0) < 0)
+                _exit(0);
+        }
+    }
+}
+
+static int parse_request(char *buf, size_t size, struct run_request *r)
+{
+    const char *p = buf, *end = buf + size;
+    if (size < sizeof r->h)
+        return -1;
+    memcpy(&r->h, p, sizeof r->h);
+    p += sizeof r->h;
+    if (r->h.type != PS_REQ_RUN)
+        return 0;
+    if (r->h.argc == 0 || r->h.argc > (1u << 20) || r->h.envc > (1u << 20) ||
+        r->h.n_rlimits > 64)
+        return -1;
+    if ((size_t)(end - p) < r->h.n_rlimits * sizeof(struct ps_rlimit))
+        return -1;
+    r->rlimits = (const struct ps_rlimit *)p;
+    p += r->h.n_rlimits * sizeof(struct ps_rlimit);
+    r->argv = calloc(r->h.argc + 1, sizeof(char *));
+    r->envp = calloc(r->h.envc + 1, sizeof(char *));
+    if (!r->argv || !r->envp)
+        return -1;
+    const char *s = p;
+    uint32_t want = 1 + r->h.argc + r->h.envc;
+    for (uint32_t i = 0; i < want; i++) {
+        const char *z = memchr(s, 0, (size_t)(end - s));
+        if (!z)
+            return -1;
+        if (i == 0)
+            r->cwd = s;
+        else if (i <= r->h.argc)
+            r->argv[i - 1] = (char *)s;
+        else
+            r->envp[i - 1 - r->h.argc] = (char *)s;
+        s = z + 1;
+    }
+    return 0;
+}
+
+/* run_id -> supervisor pid, for signal requests */
+struct live_run {
+    uint32_t run_id;
+    pid_t sup;
+    struct live_run *next;
+};
+static struct live_run *live_runs;
+
+static void forget_run(pid_t sup)
+{
+    for (struct live_run **p = &live_runs; *p; p = &(*p)->next) {
+        if ((*p)->sup == sup) {
+            struct live_run *dead = *p;
+            *p = dead->next;
+            free(dead);
+            return;
+        }
+    }
+}
+
+static void handle_request(void)
+{
+    char *buf = NULL;
+    int fds[4], n_fds = 0;
+    struct run_request r;
+    ssize_t n = recv_message(CTRL, &buf, fds, 4, &n_fds);
+
+    if (n <= 0) {
+        if (n == 0 || (errno != EINTR && errno != EAGAIN))
+            _exit(0); /* parent gone: the kernel ends the whole sandbox */
+        return;
+    }
+    memset(&r, 0, sizeof r);
+    if (parse_request(buf, (size_t)n, &r) < 0)
+        goto done;
+    if (r.h.type == PS_REQ_SIGNAL) {
+        for (struct live_run *l = live_runs; l; l = l->next)
+            if (l->run_id == r.h.run_id)
+                sigqueue(l->sup, SIGUSR1, (union sigval){ .sival_int = (int)r.h.sig });
+        goto done;
+    }
+    if (r.h.type != PS_REQ_RUN || n_fds != 4)
+        goto done;
+    r.chan = fds[0];
+    r.in = fds[1];
+    r.out = fds[2];
+    r.err = fds[3];
+    pid_t sup = fork();
+    if (sup == 0)
+        supervise(&r);
+    if (sup < 0) {
+        send_simple(r.chan, PS_REC_SPAWN_FAILED, PS_STEP_FORK, errno, -1, 0);
+    } else {
+        struct live_run *l = malloc(sizeof *l);
+        if (l) {
+            l->run_id = r.h.run_id;
+            l->sup = sup;
+            l->next = live_runs;
+            live_runs = l;
+        }
+    }
+done:
+    for (int i = 0; i < n_fds; i++)
+        close(fds[i]);
+    free(r.argv);
+    free(r.envp);
+    free(buf);
+}
+
+static void reap_orphans(int sfd)
+{
+    struct signalfd_siginfo si;
+    while (read(sfd, &si, sizeof si) > 0)
+        ;
+    for (;;) {
+        int status;
+        pid_t w = waitpid(-1, &status, WNOHANG | __WALL);
+        if (w <= 0)
+            return;
+        forget_run(w);
+    }
+}
+
+int main(void)
+{
+    struct plan pl;
+    char *buf = NULL;
+    int fds[1], n_fds, step = PS_STEP_READ_PLAN, index = -1;
+    sigset_t mask;
+    ssize_t n;
+
+    /* dispositions inherited from Python (SIGPIPE, SIGXFSZ ignored) back to
+     * default, so that the commands get them default too */
+    for (int s = 1; s < _NSIG; s++)
+        signal(s, SIG_DFL);
+    sigemptyset(&mask);
+    sigaddset(&mask, SIGCHLD);
+    sigaddset(&mask, SIGUSR1);
+    sigprocmask(SIG_SETMASK, &mask, NULL);
+    prctl(PR_SET_DUMPABLE, 0);
+
+    n = recv_message(CTRL, &buf, fds, 1, &n_fds);
+    if (n <= 0)
+        _exit(0);
+    memset(&pl, 0, sizeof pl);
+    if (parse_plan(buf, (size_t)n, &pl) < 0) {
+        send_simple(CTRL, PS_REC_SETUP_FAILED, PS_STEP_READ_PLAN, EINVAL, -1, 0);
+        _exit(1);
+    }
+    if (build_container(&pl, &step, &index) < 0) {
+        send_simple(CTRL, PS_REC_SETUP_FAILED, step, errno, index, 0);
+        _exit(1);
+    }
+    for (uint32_t i = 0; i < pl.n_ops; i++)
+        if (pl.ops[i].src_fd >= 0)
+            close(pl.ops[i].src_fd);
+    free(pl.ops);
+    free(buf);
+
+    sigemptyset(&mask);
+    sigaddset(&mask, SIGCHLD);
+    int sfd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
+    if (sfd < 0) {
+        send_simple(CTRL, PS_REC_SETUP_FAILED, PS_STEP_SIGNALS, errno, -1, 0);
+        _exit(1);
+    }
+    send_simple(CTRL, PS_REC_READY, 0, 0, -1, getpid());
+
+    for (;;) {
+        struct pollfd pfd[2] = {
+            { .fd = CTRL, .events = POLLIN },
+            { .fd = sfd, .events = POLLIN },
+        };
+        if (poll(pfd, 2, -1) < 0)
+            continue;
+        if (pfd[1].revents)
+            reap_orphans(sfd);
+        if (pfd[0].revents & (POLLIN | POLLHUP | POLLERR))
+            handle_request();
+    }
+}

@@ -1,0 +1,258 @@
+/* clone -> execve(init), the only code that runs between a clone and an exec
+ * in the Python process.  The child shares the parent's memory (CLONE_VM), so
+ * it uses only async-signal-safe system calls on data the parent prepared. */
+#define _GNU_SOURCE
+#include "spawn.h"
+#include "proto.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#ifndef CLONE_PIDFD
+#define CLONE_PIDFD 0x00001000
+#endif
+#ifndef MFD_EXEC
+#define MFD_EXEC 0x0010U
+#endif
+
+#define CHILD_STACK_SIZE (32 * 1024)
+
+struct child_ctx {
+    const struct ps_spawn_args *a;
+    int sync_fd;  /* read end: one byte when the maps are written */
+    int err_fd;   /* write end, CLOEXEC: a ps_error on failure, EOF on exec */
+};
+
+static void child_fail(int err_fd, int step, int err)
+{
+    struct ps_error e = { step, err };
+    ssize_t n;
+    do {
+        n = write(err_fd, &e, sizeof e);
+    } while (n < 0 && errno == EINTR);
+    _exit(127);
+}
+
+/* Child of clone: async-signal-safe calls only, nothing allocated. */
+static int init_child_main(void *p)
+{
+    const struct child_ctx *c = p;
+    const struct ps_spawn_args *a = c->a;
+    char go;
+    ssize_t n;
+    int ctrl, err, image, null;
+
+    /* 1. wait for the parent to write the uid/gid maps */
+    do {
+        n = read(c->sync_fd, &go, 1);
+    } while (n < 0 && errno == EINTR);
+    if (n != 1)
+        _exit(127);
+
+    /* 2. fds: 0-2 /dev/null, 3 control socket, everything else closed */
+    ctrl = fcntl(a->ctrl_fd, F_DUPFD, 10);
+    err = fcntl(c->err_fd, F_DUPFD_CLOEXEC, 10);
+    image = fcntl(a->init_fd, F_DUPFD_CLOEXEC, 10);
+    null = fcntl(a->null_fd, F_DUPFD, 10);
+    if (err < 0)
+        child_fail(c->err_fd, PS_STEP_CHILD_FDS, errno);
+    if (ctrl < 0 || image < 0 || null < 0)
+        child_fail(err, PS_STEP_CHILD_FDS, errno);
+    if (dup2(null, 0) < 0 || dup2(null, 1) < 0 || dup2(null, 2) < 0 ||
+        dup2(ctrl, PS_CTRL_FD) < 0 || dup3(err, 4, O_CLOEXEC) < 0 ||
+        dup3(image, 5, O_CLOEXEC) < 0)
+        child_fail(err, PS_STEP_CHILD_FDS, errno);
+    if (syscall(SYS_close_range, 6U, ~0U, 0U) < 0)
+        child_fail(4, PS_STEP_CHILD_FDS, errno);
+
+    /* 3. exec the sealed init */
+    syscall(SYS_execveat, 5, "", a->argv, a->envp, AT_EMPTY_PATH);
+    child_fail(4, PS_STEP_EXEC_INIT, errno);
+    return 127;
+}
+
+static int write_file(const char *path, const char *data)
+{
+    int fd = open(path, O_WRONLY | O_CLOEXEC);
+    size_t len = strlen(data);
+    ssize_t n;
+    if (fd < 0)
+        return -1;
+    n = write(fd, data, len);
+    if (n != (ssize_t)len) {
+        int saved = n < 0 ? errno : EIO;
+        close(fd);
+        errno = saved;
+        return -1;
+    }
+    return close(fd);
+}
+
+static int write_maps_from_parent(pid_t pid, const struct ps_spawn_args *a,
+                                  struct ps_error *e)
+{
+    char path[64];
+    if (a->deny_setgroups) {
+        snprintf(path, sizeof path, "/proc/%d/setgroups", (int)pid);
+        if (write_file(path, "deny") < 0) {
+            e->step = PS_STEP_SETGROUPS;
+            e->err = errno;
+            return -1;
+        }
+    }
+    snprintf(path, sizeof path, "/proc/%d/gid_map", (int)pid);
+    if (write_file(path, a->gid_map) < 0) {
+        e->step = PS_STEP_GID_MAP;
+        e->err = errno;
+        return -1;
+    }
+    snprintf(path, sizeof path, "/proc/%d/uid_map", (int)pid);
+    if (write_file(path, a->uid_map) < 0) {
+        e->step = PS_STEP_UID_MAP;
+        e->err = errno;
+        return -1;
+    }
+    return 0;
+}
+
+int ps_spawn_init_from_parent(const struct ps_spawn_args *a, pid_t *pid_out,
+                              int *pidfd_out, struct ps_error *e)
+{
+    /* The child runs on this buffer while this frame waits for its exec. */
+    char stack[CHILD_STACK_SIZE] __attribute__((aligned(16)));
+    struct child_ctx ctx;
+    int sync_pipe[2], err_pipe[2];
+    int pidfd = -1, status;
+    sigset_t all, old;
+    pid_t pid;
+    ssize_t n;
+    struct ps_error child_err;
+
+    if (pipe2(sync_pipe, O_CLOEXEC) < 0) {
+        e->step = PS_STEP_PIPE;
+        e->err = errno;
+        return -1;
+    }
+    if (pipe2(err_pipe, O_CLOEXEC) < 0) {
+        e->step = PS_STEP_PIPE;
+        e->err = errno;
+        close(sync_pipe[0]);
+        close(sync_pipe[1]);
+        return -1;
+    }
+    ctx.a = a;
+    ctx.sync_fd = sync_pipe[0];
+    ctx.err_fd = err_pipe[1];
+
+    /* No Python signal handler may run in the child: block everything
+     * around clone; init sets its own mask and dispositions. */
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    pid = clone(init_child_main, stack + sizeof stack,
+                CLONE_VM | CLONE_PIDFD | SIGCHLD | (int)a->ns_flags, &ctx,
+                &pidfd);
+    int clone_errno = errno;
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    close(sync_pipe[0]);
+    close(err_pipe[1]);
+    if (pid < 0) {
+        close(sync_pipe[1]);
+        close(err_pipe[0]);
+        e->step = PS_STEP_CLONE;
+        e->err = clone_errno;
+        return -1;
+    }
+
+    if (write_maps_from_parent(pid, a, e) < 0) {
+        close(sync_pipe[1]); /* the child reads EOF and exits */
+        close(err_pipe[0]);
+        while (waitpid(pid, &status, __WALL) < 0 && errno == EINTR)
+            ;
+        close(pidfd);
+        return -1;
+    }
+    do {
+        n = write(sync_pipe[1], "g", 1);
+    } while (n < 0 && errno == EINTR);
+    close(sync_pipe[1]);
+
+    do {
+        n = read(err_pipe[0], &child_err, sizeof child_err);
+    } while (n < 0 && errno == EINTR);
+    close(err_pipe[0]);
+    if (n != 0) {
+        if (n == (ssize_t)sizeof child_err) {
+            *e = child_err;
+        } else {
+            e->step = PS_STEP_EXEC_INIT;
+            e->err = n < 0 ? errno : EIO;
+        }
+        while (waitpid(pid, &status, __WALL) < 0 && errno == EINTR)
+            ;
+        close(pidfd);
+        return -1;
+    }
+    *pid_out = pid;
+    *pidfd_out = pidfd;
+    return 0;
+}
+
+int ps_seal_init_from_parent(const char *path, int *fd_out, struct ps_error *e)
+{
+    char buf[65536];
+    int src, mem;
+    ssize_t n;
+
+    src = open(path, O_RDONLY | O_CLOEXEC);
+    if (src < 0) {
+        e->step = PS_STEP_EXEC_INIT;
+        e->err = errno;
+        return -1;
+    }
+    mem = memfd_create("pysandbox-init", MFD_CLOEXEC | MFD_ALLOW_SEALING | MFD_EXEC);
+    if (mem < 0 && errno == EINVAL)
+        mem = memfd_create("pysandbox-init", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    if (mem < 0)
+        goto fail;
+    while ((n = read(src, buf, sizeof buf)) != 0) {
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            goto fail;
+        }
+        char *p = buf;
+        while (n > 0) {
+            ssize_t w = write(mem, p, (size_t)n);
+            if (w < 0) {
+                if (errno == EINTR)
+                    continue;
+                goto fail;
+            }
+            p += w;
+            n -= w;
+        }
+    }
+    if (fchmod(mem, 0555) < 0 ||
+        fcntl(mem, F_ADD_SEALS,
+              F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL) < 0)
+        goto fail;
+    close(src);
+    *fd_out = mem;
+    return 0;
+fail:
+    e->step = PS_STEP_EXEC_INIT;
+    e->err = errno;
+    close(src);
+    if (mem >= 0)
+        close(mem);
+    return -1;
+}

@@ -1,0 +1,274 @@
+# cython: language_level=3
+"""The only code that touches C: the sealed init, the spawn, and the Sandbox
+type.  Every policy decision is made in the Python modules it calls."""
+import os
+import socket
+import threading
+from array import array
+
+from ._config import SandboxConfig
+from ._errors import SandboxError, setup_error
+from . import _plan
+from . import _runner
+
+from posix.types cimport pid_t
+from libc.stdlib cimport malloc, free
+from libc.signal cimport SIGKILL
+
+cdef extern from "<sys/syscall.h>":
+    long SYS_pidfd_send_signal
+
+cdef extern from "<unistd.h>" nogil:
+    long syscall(long number, ...)
+    int close(int fd)
+
+cdef extern from "<sys/wait.h>" nogil:
+    pid_t waitpid(pid_t pid, int *status, int options)
+
+cdef extern from "<errno.h>":
+    int errno
+    int EINTR
+
+cdef extern from "<sched.h>":
+    unsigned long CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNS, CLONE_NEWUTS
+    unsigned long CLONE_NEWIPC, CLONE_NEWNET, CLONE_NEWCGROUP
+
+cdef extern from "spawn.h":
+    struct ps_error:
+        int step
+        int err
+    struct ps_spawn_args:
+        int init_fd
+        char **argv
+        char **envp
+        int ctrl_fd
+        int null_fd
+        unsigned long ns_flags
+        const char *uid_map
+        const char *gid_map
+        int deny_setgroups
+    int ps_seal_init_from_parent(const char *path, int *fd_out, ps_error *e) nogil
+    int ps_spawn_init_from_parent(const ps_spawn_args *a, pid_t *pid_out,
+                                  int *pidfd_out, ps_error *e) nogil
+
+cdef extern from "proto.h":
+    int PS_REC_READY, PS_REC_SETUP_FAILED
+
+INIT_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pysandbox-init")
+
+cdef int _init_fd = -1
+cdef int _null_fd = -1
+cdef object _init_owner = None   # pid that made the memfd (fork safety)
+_seal_lock = threading.Lock()
+
+
+def sealed_init_fd():
+    """The sealed memfd copy of the init program, made once per process."""
+    global _init_fd, _init_owner
+    cdef ps_error e
+    cdef int fd = -1
+    cdef bytes path
+    with _seal_lock:
+        if _init_fd >= 0 and _init_owner == os.getpid():
+            return _init_fd
+        path = os.fsencode(INIT_PATH)
+        if ps_seal_init_from_parent(path, &fd, &e) < 0:
+            raise setup_error(e.step, e.err, INIT_PATH, "load the init program")
+        _init_fd = fd
+        _init_owner = os.getpid()
+        return fd
+
+
+def null_fd():
+    global _null_fd
+    if _null_fd < 0:
+        _null_fd = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
+    return _null_fd
+
+
+cdef unsigned long _ns_flags(str network):
+    cdef unsigned long f = (CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWUTS
+                            | CLONE_NEWIPC | CLONE_NEWCGROUP)
+    if network == "none":
+        f |= CLONE_NEWNET
+    return f
+
+
+cdef int _kill_and_reap(pid_t pid, int pidfd) noexcept nogil:
+    cdef int status
+    if pidfd >= 0:
+        syscall(SYS_pidfd_send_signal, pidfd, SIGKILL, <void *>0, 0)
+    while waitpid(pid, &status, 0x40000000) < 0:   # __WALL
+        if errno != EINTR:
+            break
+    if pidfd >= 0:
+        close(pidfd)
+    return 0
+
+
+cdef class Sandbox:
+    """A Linux container.  Built at construction, ended by close() (or the
+    with-block, garbage collection, or the death of this process)."""
+
+    cdef readonly object config
+    cdef object _ctrl
+    cdef pid_t _pid
+    cdef int _pidfd
+    cdef object _lock
+    cdef object _run_ids
+    cdef object _ops
+    cdef public object _env
+    cdef public object _cwd
+    cdef public object _rlimits
+    cdef public object _ids
+    cdef public int _null_fd
+    cdef object _owner
+
+    def __cinit__(self):
+        self._pid = 0
+        self._pidfd = -1
+
+    def __init__(self, rootfs=None, **kwargs):
+        cfg = SandboxConfig.from_kwargs(rootfs, **kwargs)
+        self.config = cfg
+        self._ids = _plan.resolve_user(cfg.user, cfg.rootfs)
+        self._env = dict(_runner.DEFAULT_ENV if cfg.env is None else cfg.env)
+        self._cwd = cfg.cwd
+        self._rlimits = cfg.rlimits
+        self._ops = _plan.build_ops(cfg)
+        plan = _plan.pack_plan(cfg, self._ops)
+        self._lock = threading.Lock()
+        self._run_ids = iter(range(1, 1 << 32))
+        self._null_fd = null_fd()
+        self._open(plan)
+
+    def _open(self, bytes plan):
+        cdef ps_spawn_args a
+        cdef ps_error e
+        cdef pid_t pid = 0
+        cdef int pidfd = -1, rc
+        cdef bytes uid_map, gid_map
+        cdef char *argv[2]
+        cdef char *envp[1]
+        uid_map, gid_map, deny = _plan.id_maps()
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            argv[0] = b"pysandbox-init"
+            argv[1] = NULL
+            envp[0] = NULL
+            a.init_fd = sealed_init_fd()
+            a.argv = argv
+            a.envp = envp
+            a.ctrl_fd = child.fileno()
+            a.null_fd = self._null_fd
+            a.ns_flags = _ns_flags(self.config.network)
+            a.uid_map = uid_map
+            a.gid_map = gid_map
+            a.deny_setgroups = deny
+            with nogil:
+                rc = ps_spawn_init_from_parent(&a, &pid, &pidfd, &e)
+            if rc < 0:
+                raise setup_error(e.step, e.err)
+        except BaseException:
+            parent.close()
+            raise
+        finally:
+            child.close()
+        self._ctrl = parent
+        self._pid = pid
+        self._pidfd = pidfd
+        self._owner = os.getpid()
+        try:
+            parent.sendall(plan)
+            data = parent.recv(_runner.RECORD.size)
+            if len(data) != _runner.RECORD.size:
+                raise setup_error(0, 0, None, "the init exited before reporting")
+            rec = _runner.RECORD.unpack(data)
+            if rec[0] == PS_REC_SETUP_FAILED:
+                index = rec[3]
+                path = self._ops[index].describe() if 0 <= index < len(self._ops) else None
+                raise setup_error(rec[1], rec[2], path)
+            if rec[0] != PS_REC_READY:
+                raise setup_error(0, 0, None, f"unexpected record {rec[0]}")
+        except BaseException:
+            self.close()
+            raise
+
+    # -- used by _runner ---------------------------------------------------
+    def _next_run_id(self):
+        with self._lock:
+            return next(self._run_ids)
+
+    def _send(self, bytes req, fds):
+        if self._ctrl is None:
+            raise SandboxError("the sandbox is closed")
+        try:
+            self._ctrl.sendmsg([req], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array("i", fds))])
+        except (BrokenPipeError, ConnectionResetError):
+            raise SandboxError("the sandbox init is gone") from None
+        except OSError as exc:
+            if exc.errno == 90:   # EMSGSIZE
+                raise ValueError(f"argv and environment too large ({len(req)} bytes)") from None
+            raise
+
+    def _signal(self, run_id, sig):
+        if self._ctrl is None:
+            return
+        req = _runner._REQ.pack(_runner.REQ_SIGNAL, 0, run_id, sig, 0, 0, 0, 0, 0, 0)
+        try:
+            self._ctrl.send(req)
+        except OSError:
+            pass
+
+    def _resolve_user(self, user):
+        return _plan.resolve_user(user, self.config.rootfs)
+
+    # -- public ------------------------------------------------------------
+    def run(self, args, **kwargs):
+        """Run a command to completion, as subprocess.run does."""
+        return _runner.run(self, args, **kwargs)
+
+    def popen(self, args, **kwargs):
+        """Start a command and return a Popen-like SandboxProcess."""
+        return _runner.SandboxProcess(self, args, **kwargs)
+
+    @property
+    def closed(self):
+        return self._ctrl is None
+
+    @property
+    def pid(self):
+        """The init's pid on the host (None once closed)."""
+        return None if self._ctrl is None else self._pid
+
+    def close(self):
+        """Kill everything in the sandbox and remove it.  Idempotent."""
+        cdef pid_t pid
+        cdef int pidfd
+        ctrl = self._ctrl
+        if ctrl is None and self._pid == 0:
+            return
+        self._ctrl = None
+        if ctrl is not None:
+            ctrl.close()
+        pid, pidfd = self._pid, self._pidfd
+        self._pid, self._pidfd = 0, -1
+        if pid > 0 and self._owner == os.getpid():
+            with nogil:
+                _kill_and_reap(pid, pidfd)
+        elif pidfd >= 0:
+            close(pidfd)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __dealloc__(self):
+        if self._pid > 0 and self._owner is not None and self._owner == os.getpid():
+            _kill_and_reap(self._pid, self._pidfd)
+
+    def __repr__(self):
+        state = "closed" if self._ctrl is None else f"pid={self._pid}"
+        return f"<Sandbox rootfs={self.config.rootfs!r} {state}>"

@@ -1,0 +1,183 @@
+"""The mount plan and the id maps: decided here, executed by csrc/init.c.
+
+The plan is serialized once per sandbox into the wire format of
+csrc/proto.h (struct ps_plan_hdr, struct ps_op_hdr)."""
+from __future__ import annotations
+
+import os
+import struct
+
+from ._config import Bind, Tmpfs
+
+# enum ps_op_kind / ps_op_flags / ps_plan_flags (csrc/proto.h)
+ROOT_TMPFS, ROOT_OVERLAY, BIND, TMPFS, PROC, DEVPTS, MKDIR, SYMLINK, REMOUNT_RO, MQUEUE = range(1, 11)
+F_RDONLY, F_NOSUID, F_NODEV, F_NOEXEC, F_FILE, F_OPTIONAL = 1, 2, 4, 8, 16, 32
+PLAN_LOOPBACK, PLAN_TIME_NS = 1, 2
+PLAN_MAGIC = 0x31425350
+
+_HDR = struct.Struct("=6I")
+_OP = struct.Struct("=6I")
+
+# The embedded default root: the host's system directories, read-only, and
+# an allow-list of /etc (no shadow, no machine secrets).
+HOST_SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32")
+HOST_ETC_ALLOW = (
+    "passwd", "group", "hosts", "host.conf", "nsswitch.conf", "resolv.conf",
+    "ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime", "timezone",
+    "os-release", "protocols", "services", "ssl", "ca-certificates",
+    "ca-certificates.conf", "alternatives", "mime.types", "profile", "bash.bashrc",
+    "inputrc", "debian_version", "environment", "shells", "magic", "terminfo",
+    "python3", "python3.11",
+)
+DEV_NODES = ("null", "zero", "full", "random", "urandom", "tty")
+DEV_LINKS = (("ptmx", "pts/ptmx"), ("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
+             ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2"),
+             ("core", "/proc/kcore"))
+
+
+class Op:
+    __slots__ = ("kind", "flags", "mode", "src", "dst", "data")
+
+    def __init__(self, kind, dst=None, src=None, data=None, flags=0, mode=0):
+        self.kind, self.flags, self.mode = kind, flags, mode
+        self.src, self.dst, self.data = src, dst, data
+
+    def describe(self):
+        """The path a failure of this op is about."""
+        return self.dst if self.src is None else f"{self.src} -> {self.dst}"
+
+    def pack(self):
+        def z(s):
+            return b"" if s is None else os.fsencode(s) + b"\0"
+        src, dst, data = z(self.src), z(self.dst), z(self.data)
+        return _OP.pack(self.kind, self.flags, self.mode, len(src), len(dst), len(data)) + src + dst + data
+
+
+def _overlay_escape(path):
+    return path.replace("\\", "\\\\").replace(":", "\\:").replace(",", "\\,")
+
+
+def _default_root_ops():
+    ops = [Op(ROOT_TMPFS, "/", data="mode=0755")]
+    for d in HOST_SYSTEM_DIRS:
+        if os.path.islink(d):
+            ops.append(Op(SYMLINK, d, data=os.readlink(d)))
+        elif os.path.isdir(d):
+            ops.append(Op(BIND, d, src=d, flags=F_RDONLY | F_NOSUID | F_NODEV))
+    ops.append(Op(MKDIR, "/etc"))
+    for name in HOST_ETC_ALLOW:
+        p = "/etc/" + name
+        if os.path.islink(p):
+            ops.append(Op(SYMLINK, p, data=os.readlink(p)))
+        elif os.path.exists(p):
+            ops.append(Op(BIND, p, src=p, flags=F_RDONLY | F_NOSUID | F_NODEV | F_OPTIONAL))
+    for d in ("/root", "/home", "/var/tmp", "/run", "/mnt"):
+        ops.append(Op(MKDIR, d))
+    return ops
+
+
+def build_ops(cfg):
+    if cfg.rootfs is None:
+        ops = _default_root_ops()
+    else:
+        ops = [Op(ROOT_OVERLAY, "/", src=_overlay_escape(cfg.rootfs))]
+    ops.append(Op(PROC, "/proc", flags=F_NOSUID | F_NODEV | F_NOEXEC))
+    ops.append(Op(TMPFS, "/dev", data="mode=0755,size=65536k", flags=F_NOSUID | F_NOEXEC))
+    for n in DEV_NODES:
+        ops.append(Op(BIND, "/dev/" + n, src="/dev/" + n, flags=F_NOSUID | F_NOEXEC | F_FILE))
+    ops.append(Op(DEVPTS, "/dev/pts", data="newinstance,ptmxmode=0666,mode=0620",
+                  flags=F_NOSUID | F_NOEXEC))
+    for name, target in DEV_LINKS:
+        ops.append(Op(SYMLINK, "/dev/" + name, data=target))
+    ops.append(Op(TMPFS, "/dev/shm", data="mode=1777", flags=F_NOSUID | F_NODEV))
+    ops.append(Op(MQUEUE, "/dev/mqueue", flags=F_NOSUID | F_NODEV | F_NOEXEC))
+    ops.append(Op(TMPFS, "/tmp", data="mode=1777", flags=F_NOSUID | F_NODEV))
+    for m in cfg.mounts:
+        if isinstance(m, Bind):
+            src = os.path.realpath(m.source)
+            ops.append(Op(BIND, m.target, src=src,
+                          flags=(F_RDONLY if m.read_only else 0) | F_NODEV))
+        elif isinstance(m, Tmpfs):
+            data = "mode=0755" + (f",size={m.size}" if m.size else "")
+            ops.append(Op(TMPFS, m.target, data=data, flags=F_NOSUID | F_NODEV))
+    if cfg.read_only:
+        ops.append(Op(REMOUNT_RO, "/"))
+    return ops
+
+
+def staging_dir():
+    """Where init attaches the new root before pivot_root (host view, inside
+    init's private mount namespace only)."""
+    for d in ("/tmp", "/mnt", "/var/tmp", "/opt", "/srv"):
+        if os.path.isdir(d) and not os.path.islink(d):
+            return d
+    raise FileNotFoundError(2, "no directory to stage the sandbox root in", "/tmp")
+
+
+def pack_plan(cfg, ops):
+    flags = PLAN_TIME_NS | (PLAN_LOOPBACK if cfg.network == "none" else 0)
+    hostname = cfg.hostname.encode() + b"\0"
+    staging = staging_dir().encode() + b"\0"
+    body = b"".join(op.pack() for op in ops)
+    return _HDR.pack(PLAN_MAGIC, flags, len(ops), len(hostname), len(staging), 0) + hostname + staging + body
+
+
+# --- identity -------------------------------------------------------------
+
+def id_maps():
+    """(uid_map, gid_map, deny_setgroups): the caller is root inside.  Root
+    can map a range, so that user= can pick other ids; an ordinary user can
+    map only its own ids."""
+    uid, gid = os.geteuid(), os.getegid()
+    if uid == 0:
+        return b"0 0 65536\n", b"0 0 65536\n", False
+    return f"0 {uid} 1\n".encode(), f"0 {gid} 1\n".encode(), True
+
+
+def _passwd_lookup(rootfs, name):
+    path = os.path.join(rootfs or "/", "etc/passwd")
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                parts = line.rstrip("\n").split(":")
+                if len(parts) >= 4 and (parts[0] == name or parts[2] == name):
+                    return int(parts[2]), int(parts[3])
+    except OSError:
+        pass
+    return None
+
+
+def resolve_user(user, rootfs):
+    """user= -> (uid, gid) inside, or None for the default (0, 0)."""
+    if user is None:
+        return None
+    if isinstance(user, bool):
+        raise TypeError("user must be an int, 'uid:gid', a name, or a (uid, gid) tuple")
+    if isinstance(user, int):
+        found = _passwd_lookup(rootfs, str(user))
+        ids = (user, found[1] if found else user)
+    elif isinstance(user, tuple) and len(user) == 2 and all(isinstance(x, int) for x in user):
+        ids = user
+    elif isinstance(user, str):
+        if ":" in user:
+            u, g = user.split(":", 1)
+            if not (u.isdigit() and g.isdigit()):
+                raise ValueError(f"user {user!r}: 'uid:gid' takes numbers")
+            ids = (int(u), int(g))
+        elif user.isdigit():
+            return resolve_user(int(user), rootfs)
+        else:
+            ids = _passwd_lookup(rootfs, user)
+            if ids is None:
+                raise ValueError(f"user {user!r} not found in the sandbox's /etc/passwd")
+    else:
+        raise TypeError("user must be an int, 'uid:gid', a name, or a (uid, gid) tuple")
+    if min(ids) < 0:
+        raise ValueError(f"user ids must not be negative: {ids}")
+    limit = 65536 if os.geteuid() == 0 else 1
+    if max(ids) >= limit:
+        raise ValueError(
+            f"user {user!r} -> uid/gid {ids} cannot be mapped: "
+            + ("only ids below 65536 exist inside" if limit > 1 else
+               "a sandbox made by an ordinary user has only uid/gid 0 inside"))
+    return ids

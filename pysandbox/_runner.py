@@ -1,0 +1,466 @@
+"""Runs: the request to init, stdio, the I/O pump, results.
+
+Mirrors subprocess.run / subprocess.Popen where the APIs overlap."""
+from __future__ import annotations
+
+import errno
+import io
+import locale
+import math
+import os
+import select
+import signal
+import socket
+import struct
+import subprocess
+import time
+from array import array
+
+from ._config import _check_env, _inside_path, parse_rlimits, parse_size
+from ._errors import (CalledProcessError, SandboxError, TimeoutExpired,
+                      exec_error)
+
+PIPE, STDOUT, DEVNULL = subprocess.PIPE, subprocess.STDOUT, subprocess.DEVNULL
+
+# csrc/proto.h
+REQ_RUN, REQ_SIGNAL = 1, 2
+RUN_SETID = 1
+REC_SPAWNED, REC_SPAWN_FAILED, REC_EXIT = 3, 4, 5
+_REQ = struct.Struct("=4I2I2i2I")
+_RLIMIT = struct.Struct("=IIQQ")
+RECORD = struct.Struct("=IIiiqqqqq")
+_CHUNK = 65536
+
+DEFAULT_ENV = {
+    b"PATH": b"/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    b"HOME": b"/root",
+}
+
+
+class SandboxResult(subprocess.CompletedProcess):
+    """A CompletedProcess with the run's measurements."""
+
+    def __init__(self, args, returncode, stdout=None, stderr=None, *,
+                 wall_time=0.0, cpu_time=0.0, max_rss=0, timed_out=False,
+                 oom_killed=False, output_truncated=False):
+        super().__init__(args, returncode, stdout, stderr)
+        self.wall_time = wall_time
+        self.cpu_time = cpu_time
+        self.max_rss = max_rss
+        self.timed_out = timed_out
+        self.oom_killed = oom_killed
+        self.output_truncated = output_truncated
+
+    def check_returncode(self):
+        if self.returncode:
+            raise CalledProcessError(self.returncode, self.args, self.stdout,
+                                     self.stderr, result=self)
+
+
+def _argv(args):
+    if isinstance(args, (str, bytes, os.PathLike)):
+        args = [args]
+    try:
+        out = [a if isinstance(a, bytes) else os.fsencode(a) for a in args]
+    except TypeError:
+        raise TypeError("args must be a sequence of str, bytes or path-like "
+                        "objects") from None
+    if not out:
+        raise ValueError("args must not be empty")
+    for a in out:
+        if b"\0" in a:
+            raise ValueError("embedded null byte")
+    return out
+
+
+def _check_timeout(timeout):
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"timeout must be a number, not {type(timeout).__name__}")
+    if math.isnan(timeout) or timeout < 0:
+        raise ValueError(f"timeout must be a non-negative number, got {timeout}")
+    return float(timeout)
+
+
+class SandboxProcess:
+    """A command running in a sandbox: the subset of subprocess.Popen that
+    makes sense there.  `pid` is the pid inside the sandbox."""
+
+    def __init__(self, sandbox, args, *, stdin=None, stdout=None, stderr=None,
+                 text=False, encoding=None, errors=None, env=None, cwd=None,
+                 rlimits=None, user=None, bufsize=-1, universal_newlines=None,
+                 _start=None):
+        self.args = args
+        self.returncode = None
+        self.stdin = self.stdout = self.stderr = None
+        self._sandbox = sandbox
+        self._chan = None
+        self._rusage = None
+        self._exit_time = None
+        self.timed_out = False
+        if universal_newlines is not None:
+            text = text or universal_newlines
+        self.text_mode = bool(text or encoding or errors)
+        self.encoding = encoding
+        self.errors = errors
+        if self.text_mode and encoding is None:
+            self.encoding = locale.getpreferredencoding(False)
+
+        argv = _argv(args)
+        if env is None:
+            envb = sandbox._env
+        else:
+            envb = _check_env(env, "env")
+        envl = [k + b"=" + v for k, v in envb.items()]
+        cwd = sandbox._cwd if cwd is None else _inside_path(cwd, "cwd")
+        rl = sandbox._rlimits + parse_rlimits(rlimits)
+        ids = sandbox._ids if user is None else sandbox._resolve_user(user)
+
+        to_close = []     # child ends, closed once sent
+        parent_ends = []  # closed on failure
+        try:
+            p2c, c2p, errwrite = self._child_fds(stdin, stdout, stderr, to_close,
+                                                 parent_ends, bufsize)
+            chan, chan_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            to_close.append(chan_child.detach())
+            self._chan = chan
+            self.run_id = sandbox._next_run_id()
+            flags = RUN_SETID if ids is not None else 0
+            uid, gid = ids if ids is not None else (0, 0)
+            req = b"".join((
+                _REQ.pack(REQ_RUN, flags, self.run_id, 0, len(argv), len(envl),
+                          uid, gid, len(rl), 0),
+                b"".join(_RLIMIT.pack(r, 0, s, h) for r, s, h in rl),
+                cwd.encode(), b"\0",
+                b"\0".join(argv), b"\0",
+                b"\0".join(envl), b"\0" if envl else b"",
+            ))
+            self._start = time.monotonic() if _start is None else _start
+            sandbox._send(req, [to_close[-1], p2c, c2p, errwrite])
+        except BaseException:
+            for fd in parent_ends:
+                try:
+                    os.close(fd) if isinstance(fd, int) else fd.close()
+                except OSError:
+                    pass
+            if self._chan is not None:
+                self._chan.close()
+            raise
+        finally:
+            for fd in to_close:
+                os.close(fd)
+
+        rec = self._recv(block=True)
+        if rec is None:
+            self._close_streams()
+            self._chan.close()
+            raise SandboxError("the sandbox init is gone (sandbox closed?)")
+        if rec[0] == REC_SPAWN_FAILED:
+            self._close_streams()
+            self._chan.close()
+            raise exec_error(rec[1], rec[2], os.fsdecode(argv[0]), cwd)
+        self.pid = rec[4]
+
+    # -- stdio -------------------------------------------------------------
+    def _child_fds(self, stdin, stdout, stderr, to_close, parent_ends, bufsize):
+        null = self._sandbox._null_fd
+
+        def inherit(fd):
+            try:
+                os.fstat(fd)
+                return fd
+            except OSError:
+                return null
+
+        def child_fd(spec, default_fd, for_read):
+            if spec is None:
+                return inherit(default_fd), None
+            if spec == PIPE:
+                r, w = os.pipe2(os.O_CLOEXEC)
+                child, parent = (r, w) if for_read else (w, r)
+                to_close.append(child)
+                parent_ends.append(parent)
+                return child, parent
+            if spec == DEVNULL:
+                return null, None
+            if isinstance(spec, int):
+                if spec < 0:
+                    raise ValueError(f"invalid file descriptor {spec}")
+                return spec, None
+            if hasattr(spec, "fileno"):
+                return spec.fileno(), None
+            raise TypeError(f"invalid stdio argument {spec!r}")
+
+        if stdin == STDOUT:
+            raise ValueError("STDOUT is only valid for stderr")
+        p2c, w = child_fd(stdin, 0, True)
+        c2p, r = child_fd(stdout, 1, False)
+        if stderr == STDOUT:
+            errwrite, e = c2p, None
+        else:
+            errwrite, e = child_fd(stderr, 2, False)
+        if w is not None:
+            self.stdin = io.open(w, "wb", bufsize)
+            if self.text_mode:
+                self.stdin = io.TextIOWrapper(self.stdin, write_through=True,
+                                              line_buffering=(bufsize == 1),
+                                              encoding=self.encoding, errors=self.errors)
+        if r is not None:
+            self.stdout = io.open(r, "rb", bufsize)
+            if self.text_mode:
+                self.stdout = io.TextIOWrapper(self.stdout, encoding=self.encoding,
+                                               errors=self.errors)
+        if e is not None:
+            self.stderr = io.open(e, "rb", bufsize)
+            if self.text_mode:
+                self.stderr = io.TextIOWrapper(self.stderr, encoding=self.encoding,
+                                               errors=self.errors)
+        parent_ends[:] = [f for f in (self.stdin, self.stdout, self.stderr) if f is not None]
+        return p2c, c2p, errwrite
+
+    def _close_streams(self):
+        for f in (self.stdin, self.stdout, self.stderr):
+            if f is not None:
+                try:
+                    f.close()
+                except OSError:
+                    pass
+
+    # -- the channel -------------------------------------------------------
+    def _recv(self, block):
+        try:
+            data = self._chan.recv(RECORD.size, 0 if block else socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return False
+        except OSError:
+            return None
+        if len(data) != RECORD.size:
+            return None
+        return RECORD.unpack(data)
+
+    def _take_exit(self, rec):
+        if rec is None:
+            # init died (sandbox closed): the command went with it
+            self.returncode = -signal.SIGKILL
+            self._rusage = (0, 0, 0)
+        else:
+            status = rec[5]
+            self.returncode = os.waitstatus_to_exitcode(status)
+            self._rusage = (rec[6], rec[7], rec[8])
+        self._exit_time = time.monotonic()
+        self._chan.close()
+
+    def poll(self):
+        if self.returncode is None:
+            rec = self._recv(block=False)
+            if rec is not False:
+                self._take_exit(rec)
+        return self.returncode
+
+    def wait(self, timeout=None):
+        timeout = _check_timeout(timeout)
+        if self.returncode is not None:
+            return self.returncode
+        if timeout is not None:
+            r, _, _ = select.select([self._chan], [], [], timeout)
+            if not r:
+                raise subprocess.TimeoutExpired(self.args, timeout)
+        self._take_exit(self._recv(block=True))
+        return self.returncode
+
+    def send_signal(self, sig):
+        if self.returncode is None and self.poll() is None:
+            self._sandbox._signal(self.run_id, int(sig))
+
+    def terminate(self):
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self):
+        self.send_signal(signal.SIGKILL)
+
+    def kill_tree(self):
+        """SIGKILL the command and everything it started, setsid or not."""
+        self._sandbox._signal(self.run_id, 0)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._close_streams()
+        if self.returncode is None:
+            self.wait()
+
+    def __del__(self):
+        chan = getattr(self, "_chan", None)
+        if chan is not None:
+            chan.close()
+
+    # -- communicate -------------------------------------------------------
+    def communicate(self, input=None, timeout=None, *, max_output=None):
+        timeout = _check_timeout(timeout)
+        out, err, truncated = self._pump(input, timeout, max_output)
+        self.output_truncated = truncated
+        return out, err
+
+    def _decode(self, data):
+        if data is None or not self.text_mode:
+            return data
+        s = data.decode(self.encoding, self.errors or "strict")
+        return s.replace("\r\n", "\n").replace("\r", "\n")
+
+    def _pump(self, input, timeout, max_output):
+        """Feed stdin, read stdout/stderr (keeping at most max_output bytes of
+        each), until both close and the command has exited."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if not hasattr(self, "_bufs"):
+            self._bufs = {}
+            self._kept = {}
+            self._truncated = False
+            self._input = None
+            self._input_off = 0
+            if self.stdin is not None:
+                data = input
+                if data is not None and self.text_mode:
+                    data = data.encode(self.stdin.encoding, self.stdin.errors)
+                try:
+                    self.stdin.flush()
+                except BrokenPipeError:
+                    pass
+                if not data:
+                    try:
+                        self.stdin.close()
+                    except BrokenPipeError:
+                        pass
+                else:
+                    self._input = memoryview(data)
+        readers = {}
+        for name, f in (("out", self.stdout), ("err", self.stderr)):
+            if f is not None and not f.closed:
+                fd = f.fileno()
+                readers[fd] = name
+                self._bufs.setdefault(name, [])
+                self._kept.setdefault(name, 0)
+        writer = self.stdin.fileno() if (self._input is not None and not self.stdin.closed) else None
+        poller = select.poll()
+        for fd in readers:
+            poller.register(fd, select.POLLIN)
+        if writer is not None:
+            poller.register(writer, select.POLLOUT)
+        chan_fd = self._chan.fileno() if self.returncode is None else None
+        if chan_fd is not None:
+            poller.register(chan_fd, select.POLLIN)
+        limit = None if max_output is None else max_output
+
+        while readers or writer is not None or self.returncode is None:
+            if deadline is None:
+                ms = None
+            else:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise subprocess.TimeoutExpired(self.args, timeout)
+                ms = max(1, math.ceil(left * 1000))
+            for fd, ev in poller.poll(ms):
+                if fd == chan_fd:
+                    rec = self._recv(block=False)
+                    if rec is not False:
+                        poller.unregister(chan_fd)
+                        chan_fd = None
+                        self._take_exit(rec)
+                elif fd == writer:
+                    if ev & (select.POLLERR | select.POLLHUP):
+                        n = -1
+                    else:
+                        try:
+                            n = os.write(writer, self._input[self._input_off:self._input_off + _CHUNK])
+                        except BrokenPipeError:
+                            n = -1
+                    if n < 0:
+                        self._input_off = len(self._input)
+                    else:
+                        self._input_off += n
+                    if self._input_off >= len(self._input):
+                        poller.unregister(writer)
+                        writer = None
+                        try:
+                            self.stdin.close()
+                        except BrokenPipeError:
+                            pass
+                elif fd in readers:
+                    data = os.read(fd, 1 << 17)
+                    name = readers[fd]
+                    if not data:
+                        poller.unregister(fd)
+                        del readers[fd]
+                        continue
+                    if limit is None:
+                        self._bufs[name].append(data)
+                    else:
+                        room = limit - self._kept[name]
+                        if room > 0:
+                            self._bufs[name].append(data[:room])
+                            self._kept[name] += min(room, len(data))
+                        if len(data) > max(room, 0):
+                            self._truncated = True
+            if self.returncode is None and chan_fd is None:
+                break
+        out = err = None
+        if self.stdout is not None:
+            out = self._decode(b"".join(self._bufs.get("out", [])))
+            self.stdout.close()
+        if self.stderr is not None:
+            err = self._decode(b"".join(self._bufs.get("err", [])))
+            self.stderr.close()
+        return out, err, self._truncated
+
+    def _result(self, stdout, stderr, truncated):
+        utime, stime, maxrss = self._rusage or (0, 0, 0)
+        end = self._exit_time or time.monotonic()
+        return SandboxResult(self.args, self.returncode, stdout, stderr,
+                             wall_time=end - self._start,
+                             cpu_time=(utime + stime) / 1e6,
+                             max_rss=maxrss * 1024, timed_out=self.timed_out,
+                             output_truncated=truncated)
+
+
+def run(sandbox, args, *, input=None, stdin=None, stdout=None, stderr=None,
+        capture_output=False, text=False, encoding=None, errors=None,
+        timeout=None, check=False, env=None, cwd=None, max_output=None,
+        rlimits=None, user=None, universal_newlines=None):
+    timeout = _check_timeout(timeout)
+    if max_output is not None:
+        if isinstance(max_output, bool) or not isinstance(max_output, (int, str)):
+            raise TypeError("max_output must be a number of bytes")
+        max_output = 0 if max_output == 0 else parse_size(max_output, "max_output")
+    if input is not None:
+        if stdin is not None:
+            raise ValueError("stdin and input arguments may not both be used.")
+        stdin = PIPE
+    if capture_output:
+        if stdout is not None or stderr is not None:
+            raise ValueError("stdout and stderr arguments may not be used "
+                             "with capture_output.")
+        stdout = stderr = PIPE
+    start = time.monotonic()
+    p = SandboxProcess(sandbox, args, stdin=stdin, stdout=stdout, stderr=stderr,
+                       text=text, encoding=encoding, errors=errors, env=env,
+                       cwd=cwd, rlimits=rlimits, user=user,
+                       universal_newlines=universal_newlines, _start=start)
+    try:
+        out, err, truncated = p._pump(input, timeout, max_output)
+    except subprocess.TimeoutExpired:
+        p.timed_out = True
+        p.kill_tree()
+        out, err, truncated = p._pump(None, None, max_output)
+        result = p._result(out, err, truncated)
+        raise TimeoutExpired(p.args, timeout, out, err, result=result) from None
+    except BaseException:
+        p.kill_tree()
+        p._close_streams()
+        if p.returncode is None:
+            p.wait()
+        raise
+    result = p._result(out, err, truncated)
+    if check:
+        result.check_returncode()
+    return result
