@@ -816,6 +816,7 @@ static void supervise(struct run_request *r)
     int cmd_reaped = 0;
 
     close(CTRL);
+    prctl(PR_SET_NAME, "pysandbox-run");
     prctl(PR_SET_CHILD_SUBREAPER, 1);
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     sigemptyset(&set);
@@ -999,6 +1000,7 @@ int main(void)
     sigaddset(&mask, SIGUSR1);
     sigprocmask(SIG_SETMASK, &mask, NULL);
     prctl(PR_SET_DUMPABLE, 0);
+    prctl(PR_SET_NAME, "pysandbox-init");
 
     n = recv_message(CTRL, &buf, fds, 1, &n_fds);
     if (n <= 0)
