@@ -815,10 +815,7 @@ static void supervise(struct run_request *r)
     pid_t cmd;
     int cmd_reaped = 0;
 
-    close(CTRL);
-    prctl(PR_SET_NAME, "pysandbox-run");
     prctl(PR_SET_CHILD_SUBREAPER, 1);
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
     sigemptyset(&set);
     sigaddset(&set, SIGCHLD);
     sigaddset(&set, SIGUSR1);
@@ -920,6 +917,93 @@ static void forget_run(pid_t sup)
     }
 }
 
+static int sig_fd = -1;
+
+/* The spare supervisor: forked ahead of time, so that a run's critical path
+ * does not include a fork of init.  It waits for one forwarded request. */
+static pid_t spare_pid = -1;
+static int spare_sock = -1;
+
+static void spare_main(int sock)
+{
+    char *buf = NULL;
+    int fds[4], n_fds = 0;
+    struct run_request r;
+    ssize_t n;
+
+    close(CTRL);
+    if (sig_fd >= 0)
+        close(sig_fd);
+    prctl(PR_SET_NAME, "pysandbox-run");
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != 1)
+        _exit(0); /* init died before the prctl */
+    n = recv_message(sock, &buf, fds, 4, &n_fds);
+    if (n <= 0 || n_fds != 4)
+        _exit(0);
+    close(sock);
+    memset(&r, 0, sizeof r);
+    if (parse_request(buf, (size_t)n, &r) < 0 || r.h.type != PS_REQ_RUN) {
+        send_simple(fds[0], PS_REC_SPAWN_FAILED, PS_STEP_FORK, EINVAL, -1, 0);
+        _exit(0);
+    }
+    r.chan = fds[0];
+    r.in = fds[1];
+    r.out = fds[2];
+    r.err = fds[3];
+    supervise(&r);
+}
+
+static void make_spare(void)
+{
+    int sv[2];
+    pid_t p;
+    if (spare_sock >= 0)
+        return;
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0)
+        return;
+    p = fork();
+    if (p == 0) {
+        close(sv[0]);
+        spare_main(sv[1]);
+    }
+    close(sv[1]);
+    if (p < 0) {
+        close(sv[0]);
+        return;
+    }
+    spare_pid = p;
+    spare_sock = sv[0];
+}
+
+static int forward_to_spare(const char *buf, size_t len, const int *fds)
+{
+    union {
+        struct cmsghdr h;
+        char b[CMSG_SPACE(sizeof(int) * 4)];
+    } cbuf;
+    struct iovec iov = { (void *)buf, len };
+    struct msghdr msg;
+    struct cmsghdr *c;
+    ssize_t n;
+
+    memset(&msg, 0, sizeof msg);
+    memset(&cbuf, 0, sizeof cbuf);
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.b;
+    msg.msg_controllen = sizeof cbuf.b;
+    c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int) * 4);
+    memcpy(CMSG_DATA(c), fds, sizeof(int) * 4);
+    do {
+        n = sendmsg(spare_sock, &msg, MSG_NOSIGNAL);
+    } while (n < 0 && errno == EINTR);
+    return n == (ssize_t)len ? 0 : -1;
+}
+
 static void handle_request(void)
 {
     char *buf = NULL;
@@ -943,23 +1027,23 @@ static void handle_request(void)
     }
     if (r.h.type != PS_REQ_RUN || n_fds != 4)
         goto done;
-    r.chan = fds[0];
-    r.in = fds[1];
-    r.out = fds[2];
-    r.err = fds[3];
-    pid_t sup = fork();
-    if (sup == 0)
-        supervise(&r);
-    if (sup < 0) {
-        send_simple(r.chan, PS_REC_SPAWN_FAILED, PS_STEP_FORK, errno, -1, 0);
+    make_spare();
+    if (spare_sock < 0 || forward_to_spare(buf, (size_t)n, fds) < 0) {
+        send_simple(fds[0], PS_REC_SPAWN_FAILED, PS_STEP_FORK,
+                    errno ? errno : EAGAIN, -1, 0);
     } else {
         struct live_run *l = malloc(sizeof *l);
         if (l) {
             l->run_id = r.h.run_id;
-            l->sup = sup;
+            l->sup = spare_pid;
             l->next = live_runs;
             live_runs = l;
         }
+    }
+    if (spare_sock >= 0) {
+        close(spare_sock);
+        spare_sock = -1;
+        spare_pid = -1;
     }
 done:
     for (int i = 0; i < n_fds; i++)
@@ -1023,6 +1107,7 @@ int main(void)
     sigemptyset(&mask);
     sigaddset(&mask, SIGCHLD);
     int sfd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
+    sig_fd = sfd;
     if (sfd < 0) {
         send_simple(CTRL, PS_REC_SETUP_FAILED, PS_STEP_SIGNALS, errno, -1, 0);
         _exit(1);
@@ -1030,6 +1115,7 @@ int main(void)
     send_simple(CTRL, PS_REC_READY, 0, 0, -1, getpid());
 
     for (;;) {
+        make_spare(); /* off the critical path: while init would idle */
         struct pollfd pfd[2] = {
             { .fd = CTRL, .events = POLLIN },
             { .fd = sfd, .events = POLLIN },

@@ -19,11 +19,5 @@ _SANDBOX_KWARGS = ("mounts", "read_only", "hostname", "network", "env", "cwd",
 def run(args, rootfs=None, **kwargs):
     """One-shot: build a sandbox, run one command in it, remove it."""
     sb_kwargs = {k: kwargs.pop(k) for k in _SANDBOX_KWARGS if k in kwargs}
-    if "env" in sb_kwargs:
-        kwargs["env"] = sb_kwargs["env"]
-    if "cwd" in sb_kwargs:
-        kwargs["cwd"] = sb_kwargs["cwd"]
-    if "rlimits" in sb_kwargs:
-        kwargs["rlimits"] = sb_kwargs.pop("rlimits")
     with Sandbox(rootfs, **sb_kwargs) as s:
         return s.run(args, **kwargs)

@@ -1,0 +1,182 @@
+"""Every sandbox lives in eight new namespaces: checked from inside (what
+readlink /proc/self/ns/*, ps, hostname and /proc/net/dev show) against the
+host's view."""
+import os
+import socket
+
+import pytest
+
+from pysandbox import Sandbox
+
+pytestmark = pytest.mark.timeout(60)
+
+HOST_COMPARED = ("user", "pid", "mnt", "uts", "ipc", "net", "cgroup")
+
+
+def sh(s, script, **kw):
+    kw.setdefault("timeout", 20)
+    return s.run(["sh", "-c", script], capture_output=True, text=True, **kw)
+
+
+def inside_ns(s, names):
+    script = "; ".join(f"readlink /proc/self/ns/{n}" for n in names)
+    r = sh(s, script)
+    assert r.returncode == 0, r.stderr
+    links = r.stdout.split()
+    assert len(links) == len(names), r.stdout
+    return dict(zip(names, links))
+
+
+def net_interfaces(proc_net_dev_text):
+    """Interface names from the text of /proc/net/dev."""
+    names = set()
+    for line in proc_net_dev_text.splitlines()[2:]:
+        if ":" in line:
+            names.add(line.split(":", 1)[0].strip())
+    return names
+
+
+@pytest.mark.parametrize("ns", HOST_COMPARED)
+def test_namespace_differs_from_host(rootfs, ns):
+    host = os.readlink(f"/proc/self/ns/{ns}")
+    with Sandbox(rootfs) as s:
+        inside = inside_ns(s, [ns])[ns]
+    assert inside.startswith(f"{ns}:[")
+    assert inside != host
+
+
+def test_command_time_namespace_differs_from_host(rootfs):
+    host = os.readlink("/proc/self/ns/time")
+    with Sandbox(rootfs) as s:
+        inside = inside_ns(s, ["time"])["time"]
+    assert inside.startswith("time:[")
+    assert inside != host
+
+
+def test_two_sandboxes_do_not_share_namespaces(rootfs):
+    names = HOST_COMPARED + ("time",)
+    with Sandbox(rootfs) as a, Sandbox(rootfs) as b:
+        na, nb = inside_ns(a, names), inside_ns(b, names)
+    for n in names:
+        assert na[n] != nb[n], n
+
+
+def test_init_host_pid_is_in_a_new_pid_namespace(rootfs):
+    with Sandbox(rootfs) as s:
+        assert s.pid is not None and s.pid != os.getpid()
+        assert os.readlink(f"/proc/{s.pid}/ns/pid") != os.readlink("/proc/self/ns/pid")
+        # inside, the shell has a small pid of its own, not its host pid
+        r = sh(s, "echo $$")
+        assert int(r.stdout) < 10
+
+
+def test_ps_shows_only_sandbox_processes(rootfs):
+    host_pids = [d for d in os.listdir("/proc") if d.isdigit()]
+    with Sandbox(rootfs) as s:
+        bg = s.popen(["sleep", "1000"])
+        try:
+            r = sh(s, "ps -e -o pid= -o comm=")
+        finally:
+            bg.kill()
+            bg.wait(timeout=10)
+    assert r.returncode == 0, r.stderr
+    procs = {}
+    for line in r.stdout.splitlines():
+        pid, comm = line.split(None, 1)
+        procs[int(pid)] = comm.strip()
+    assert procs[1] == "pysandbox-init"
+    assert bg.pid in procs and procs[bg.pid] == "sleep"
+    # init, one supervisor per live run, the two commands and ps itself
+    assert set(procs.values()) <= {"pysandbox-init", "pysandbox-run", "sleep", "sh", "ps"}
+    assert len(procs) <= 6
+    assert len(host_pids) > len(procs)  # the host has more: they are hidden
+
+
+def test_pid1_comm_is_init(rootfs):
+    with Sandbox(rootfs) as s:
+        r = sh(s, "cat /proc/1/comm")
+    assert r.stdout == "pysandbox-init\n"
+
+
+def test_default_hostname_is_sandbox(rootfs):
+    host = socket.gethostname()
+    with Sandbox(rootfs) as s:
+        r = sh(s, "hostname; uname -n")
+        assert socket.gethostname() == host
+    assert r.stdout.split() == ["sandbox", "sandbox"]
+    assert host != "sandbox"
+
+
+def test_custom_hostname_leaves_host_unchanged(rootfs):
+    host = socket.gethostname()
+    with Sandbox(rootfs, hostname="judge-7.example") as s:
+        r = sh(s, "hostname")
+        assert socket.gethostname() == host
+    assert r.stdout.strip() == "judge-7.example"
+    assert socket.gethostname() == host
+
+
+def test_network_none_has_only_loopback(rootfs):
+    host_ifaces = net_interfaces(open("/proc/net/dev").read())
+    with Sandbox(rootfs, network="none") as s:
+        r = sh(s, "cat /proc/net/dev")
+    assert r.returncode == 0, r.stderr
+    assert net_interfaces(r.stdout) == {"lo"}
+    assert host_ifaces - {"lo"}, "host has no interface but lo: test proves nothing"
+
+
+def test_network_default_is_none(rootfs):
+    with Sandbox(rootfs) as s:
+        r = sh(s, "readlink /proc/self/ns/net; cat /proc/net/dev")
+    first, rest = r.stdout.split("\n", 1)
+    assert first != os.readlink("/proc/self/ns/net")
+    assert net_interfaces(rest) == {"lo"}
+
+
+LOOPBACK_ECHO = r"""
+import socket
+srv = socket.socket()
+srv.bind(("127.0.0.1", 0))
+srv.listen(1)
+c = socket.create_connection(srv.getsockname(), timeout=5)
+conn, _ = srv.accept()
+c.sendall(b"ping over lo")
+print(conn.recv(100).decode())
+"""
+
+
+def test_loopback_works_with_network_none():
+    with Sandbox(network="none") as s:
+        r = s.run(["python3", "-c", LOOPBACK_ECHO], capture_output=True, text=True,
+                  timeout=20)
+        links = s.run(["ip", "-o", "link"], capture_output=True, text=True, timeout=20)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "ping over lo"
+    names = [line.split(":")[1].strip() for line in links.stdout.splitlines()]
+    assert names == ["lo"]
+    assert "UP" in links.stdout.split("<", 1)[1].split(">", 1)[0].split(",")
+
+
+def test_network_host_sees_host_interfaces(rootfs):
+    host_ifaces = net_interfaces(open("/proc/net/dev").read())
+    host_net = os.readlink("/proc/self/ns/net")
+    with Sandbox(rootfs, network="host") as s:
+        r = sh(s, "readlink /proc/self/ns/net; cat /proc/net/dev")
+    assert r.returncode == 0, r.stderr
+    first, rest = r.stdout.split("\n", 1)
+    assert first == host_net
+    assert net_interfaces(rest) == host_ifaces
+    assert host_ifaces - {"lo"}, "host has no interface but lo: test proves nothing"
+
+
+def test_network_host_keeps_other_namespaces_private(rootfs):
+    names = ("user", "pid", "mnt", "uts", "ipc", "cgroup")
+    with Sandbox(rootfs, network="host") as s:
+        inside = inside_ns(s, names)
+    for n in names:
+        assert inside[n] != os.readlink(f"/proc/self/ns/{n}"), n
+
+
+def test_network_value_is_validated(rootfs):
+    with pytest.raises(ValueError):
+        Sandbox(rootfs, network="bridge")

@@ -1,0 +1,614 @@
+"""s.run: subprocess.run semantics, stdio, env/cwd/args, rlimits, results,
+timeouts that kill whole process trees, output caps, and parity with
+subprocess.run itself."""
+import locale
+import os
+import pathlib
+import signal
+import subprocess
+import threading
+
+import pytest
+
+import pysandbox
+from pysandbox import DEVNULL, PIPE, STDOUT, Sandbox
+
+pytestmark = pytest.mark.timeout(120)
+
+MB = 1 << 20
+
+
+@pytest.fixture
+def sb():
+    """A sandbox on the default root (the host's /usr: python3, ps, seq...)."""
+    with Sandbox() as s:
+        yield s
+
+
+@pytest.fixture
+def tiny(rootfs):
+    with Sandbox(rootfs) as s:
+        yield s
+
+
+def sh(script):
+    return ["sh", "-c", script]
+
+
+# -- returncode ---------------------------------------------------------------
+
+def test_returncode_zero_and_exit_status(tiny):
+    assert tiny.run(["true"]).returncode == 0
+    assert tiny.run(["false"]).returncode == 1
+    assert tiny.run(sh("exit 3")).returncode == 3
+    assert tiny.run(sh("exit 255")).returncode == 255
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGSEGV])
+def test_signal_gives_negative_returncode(tiny, sig):
+    r = tiny.run(sh(f"kill -{int(sig)} $$"))
+    assert r.returncode == -sig
+
+
+def test_sigpipe_and_sigxfsz_are_default_inside(tiny):
+    # Python ignores SIGPIPE; the command must get the default disposition
+    r = tiny.run(sh("yes | head -c 10 >/dev/null; grep -E '^Sig(Ign|Blk)' /proc/self/status"),
+                 capture_output=True, text=True)
+    ign = int(r.stdout.split("SigIgn:")[1].split()[0], 16)
+    blk = int(r.stdout.split("SigBlk:")[1].split()[0], 16)
+    assert ign & (1 << (signal.SIGPIPE - 1)) == 0
+    assert ign & (1 << (signal.SIGXFSZ - 1)) == 0
+    assert blk == 0
+
+
+# -- capture, text ----------------------------------------------------------
+
+def test_capture_output_separates_streams(tiny):
+    r = tiny.run(sh("echo out; echo err >&2"), capture_output=True)
+    assert r.stdout == b"out\n"
+    assert r.stderr == b"err\n"
+    assert isinstance(r, subprocess.CompletedProcess)
+    assert isinstance(r, pysandbox.SandboxResult)
+
+
+def test_no_capture_gives_none(tiny):
+    r = tiny.run(["true"])
+    assert r.stdout is None and r.stderr is None
+
+
+def test_text_mode(tiny):
+    r = tiny.run(sh("printf 'h\\303\\251\\n'; printf 'e\\n' >&2"), capture_output=True, text=True)
+    assert r.stdout == "h\u00e9\n"
+    assert r.stderr == "e\n"
+    r = tiny.run(sh("printf 'h\\303\\251\\n'"), capture_output=True)
+    assert r.stdout == b"h\xc3\xa9\n"
+
+
+def test_universal_newlines_in_text_mode(tiny):
+    r = tiny.run(sh("printf 'a\\r\\nb\\rc'"), capture_output=True, text=True)
+    assert r.stdout == "a\nb\nc"
+    r = tiny.run(sh("printf 'a\\r\\nb\\rc'"), capture_output=True, universal_newlines=True)
+    assert r.stdout == "a\nb\nc"
+    r = tiny.run(sh("printf 'a\\r\\nb\\rc'"), capture_output=True)
+    assert r.stdout == b"a\r\nb\rc"
+
+
+def test_encoding_and_errors(tiny):
+    r = tiny.run(sh("printf '\\351'"), capture_output=True, encoding="latin-1")
+    assert r.stdout == "\u00e9"
+    r = tiny.run(sh("printf 'a\\377b'"), capture_output=True, encoding="utf-8",
+                 errors="replace")
+    assert r.stdout == "a\ufffdb"
+    r = tiny.run(sh("printf 'a\\377b'"), capture_output=True, encoding="utf-8",
+                 errors="surrogateescape")
+    assert r.stdout == "a\udcffb"
+    with pytest.raises(UnicodeDecodeError):
+        tiny.run(sh("printf 'a\\377b'"), capture_output=True, encoding="utf-8")
+
+
+def test_input_bytes(tiny):
+    r = tiny.run(["cat"], input=b"hello\x00world", capture_output=True)
+    assert r.stdout == b"hello\x00world"
+
+
+def test_input_str_in_text_mode(tiny):
+    r = tiny.run(["cat"], input="h\u00e9llo\n", capture_output=True, text=True)
+    assert r.stdout == "h\u00e9llo\n"
+    r = tiny.run(["wc", "-c"], input="\u00e9", capture_output=True, encoding="latin-1")
+    assert r.stdout.strip() == "1"
+
+
+def test_large_input_and_output_at_once(tiny):
+    # both directions far above a pipe buffer: needs a real pump
+    data = os.urandom(4 * MB)
+    r = tiny.run(["cat"], input=data, capture_output=True, timeout=60)
+    assert r.returncode == 0
+    assert r.stdout == data
+
+
+def test_empty_input_closes_stdin(tiny):
+    r = tiny.run(["wc", "-c"], input=b"", capture_output=True, timeout=30)
+    assert r.stdout.strip() == b"0"
+
+
+# -- stdio specs ------------------------------------------------------------
+
+def test_stdout_pipe_stderr_devnull(tiny):
+    r = tiny.run(sh("echo out; echo err >&2; stat -L -c '%t:%T' /proc/self/fd/2"),
+                 stdout=PIPE, stderr=DEVNULL)
+    assert r.stderr is None
+    assert r.stdout == b"out\n1:3\n"   # fd 2 is the null device (char 1:3)
+
+
+def test_stdout_devnull(tiny):
+    r = tiny.run(sh("echo out; stat -L -c '%t:%T' /proc/self/fd/1 >&2"),
+                 stdout=DEVNULL, stderr=PIPE)
+    assert r.stdout is None
+    assert r.stderr == b"1:3\n"
+
+
+def test_stdin_devnull(tiny):
+    r = tiny.run(sh("wc -c; stat -L -c '%t:%T' /proc/self/fd/0"), stdin=DEVNULL,
+                 stdout=PIPE, timeout=30)
+    assert r.stdout.split() == [b"0", b"1:3"]
+
+
+def test_stdin_pipe_without_input_gets_eof(tiny):
+    r = tiny.run(["cat"], stdin=PIPE, stdout=PIPE, timeout=30)
+    assert r.returncode == 0 and r.stdout == b""
+
+
+def test_stderr_to_stdout(tiny):
+    r = tiny.run(sh("echo a; echo b >&2; echo c"), stdout=PIPE, stderr=STDOUT)
+    assert r.stdout == b"a\nb\nc\n"
+    assert r.stderr is None
+
+
+def test_stdout_and_stderr_to_fd(tiny, tmp_path):
+    out_path, err_path = tmp_path / "out", tmp_path / "err"
+    out = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    err = os.open(err_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        r = tiny.run(sh("echo to-out; echo to-err >&2"), stdout=out, stderr=err)
+    finally:
+        os.close(out)
+        os.close(err)
+    assert r.stdout is None and r.stderr is None
+    assert out_path.read_bytes() == b"to-out\n"
+    assert err_path.read_bytes() == b"to-err\n"
+
+
+def test_stdin_from_fd(tiny, tmp_path):
+    p = tmp_path / "in"
+    p.write_bytes(b"from an fd\n")
+    fd = os.open(p, os.O_RDONLY)
+    try:
+        r = tiny.run(["cat"], stdin=fd, capture_output=True, timeout=30)
+    finally:
+        os.close(fd)
+    assert r.stdout == b"from an fd\n"
+
+
+def test_stdio_file_objects(tiny, tmp_path):
+    src = tmp_path / "src"
+    src.write_bytes(b"line1\nline2\n")
+    dst = tmp_path / "dst"
+    with open(src, "rb") as fin, open(dst, "wb") as fout:
+        r = tiny.run(sh("cat; echo err >&2"), stdin=fin, stdout=fout, stderr=STDOUT,
+                     timeout=30)
+    assert r.returncode == 0
+    assert dst.read_bytes() == b"line1\nline2\nerr\n"
+
+
+def test_stdio_fds_do_not_leak_into_parent(tiny, tmp_path):
+    before = sorted(os.listdir("/proc/self/fd"))
+    for _ in range(5):
+        tiny.run(["cat"], input=b"x", capture_output=True)
+        tiny.run(["true"], stdout=DEVNULL, stderr=DEVNULL, stdin=DEVNULL)
+    assert sorted(os.listdir("/proc/self/fd")) == before
+
+
+def test_only_stdio_fds_inside(tiny, tmp_path):
+    with open(tmp_path / "f", "wb") as extra:   # an open fd in the parent
+        r = tiny.run(["ls", "/proc/self/fd"], capture_output=True, text=True)
+    assert extra.fileno() > 2
+    # 0 1 2, plus the fd ls itself uses to read the directory
+    assert set(r.stdout.split()) <= {"0", "1", "2", "3"}
+
+
+# -- check ------------------------------------------------------------------
+
+def test_check_raises_called_process_error(tiny):
+    with pytest.raises(pysandbox.CalledProcessError) as ei:
+        tiny.run(sh("echo partial; echo oops >&2; exit 4"), capture_output=True,
+                 check=True)
+    e = ei.value
+    assert isinstance(e, subprocess.CalledProcessError)
+    assert isinstance(e, pysandbox.SandboxError)
+    assert e.returncode == 4
+    assert e.output == b"partial\n" and e.stdout == b"partial\n"
+    assert e.stderr == b"oops\n"
+    assert e.cmd == ["sh", "-c", "echo partial; echo oops >&2; exit 4"]
+    assert isinstance(e.result, pysandbox.SandboxResult)
+    assert e.result.returncode == 4
+    assert e.result.stdout == b"partial\n"
+
+
+def test_check_raises_for_signal(tiny):
+    with pytest.raises(subprocess.CalledProcessError) as ei:
+        tiny.run(sh("kill -9 $$"), check=True)
+    assert ei.value.returncode == -9
+
+
+def test_check_success_and_check_returncode(tiny):
+    r = tiny.run(["true"], check=True)
+    assert r.returncode == 0
+    r = tiny.run(sh("exit 2"))
+    with pytest.raises(pysandbox.CalledProcessError) as ei:
+        r.check_returncode()
+    assert ei.value.result is r
+
+
+# -- env, cwd, args ---------------------------------------------------------
+
+def test_default_env_is_small(tiny, monkeypatch):
+    monkeypatch.setenv("PYSANDBOX_HOST_MARKER", "leaked")
+    assert os.environ["PYSANDBOX_HOST_MARKER"] == "leaked"
+    r = tiny.run(["env"], capture_output=True, text=True)
+    env = dict(line.split("=", 1) for line in r.stdout.splitlines())
+    assert "PYSANDBOX_HOST_MARKER" not in env
+    assert "PATH" in env and "/bin" in env["PATH"].split(":")
+    # nothing else from the host
+    host_only = set(os.environ) - {"PATH", "HOME", "PWD", "TERM", "LANG", "SHLVL", "_"}
+    assert not (set(env) & host_only)
+    assert len(env) < 10
+
+
+def test_default_env_fresh_per_sandbox_even_if_host_changes(rootfs, monkeypatch):
+    monkeypatch.setenv("PYSANDBOX_HOST_MARKER2", "x")
+    r = pysandbox.run(["env"], rootfs, capture_output=True, text=True)
+    assert "PYSANDBOX_HOST_MARKER2" not in r.stdout
+    assert "PATH=" in r.stdout
+
+
+def test_run_env_replaces_default(tiny):
+    r = tiny.run(["/bin/env"], env={"ONLY": "1"}, capture_output=True)
+    assert r.stdout == b"ONLY=1\n"
+    r = tiny.run(["/bin/env"], env={}, capture_output=True)
+    assert r.stdout == b""
+    # the default is back for the next run
+    r = tiny.run(["env"], capture_output=True, text=True)
+    assert "PATH=" in r.stdout and "ONLY" not in r.stdout
+
+
+def test_run_env_bytes_and_path_search(tiny):
+    r = tiny.run(["env"], env={b"K": b"v\xff", "PATH": "/bin"}, capture_output=True)
+    assert sorted(r.stdout.splitlines()) == [b"K=v\xff", b"PATH=/bin"]
+    # a PATH without the tool: not found
+    with pytest.raises(FileNotFoundError):
+        tiny.run(["env"], env={"PATH": "/nonexistent"})
+
+
+def test_sandbox_env_is_the_default(rootfs):
+    with Sandbox(rootfs, env={"A": "1", "PATH": "/bin"}) as s:
+        r = s.run(["env"], capture_output=True, text=True)
+        assert sorted(r.stdout.splitlines()) == ["A=1", "PATH=/bin"]
+        r = s.run(["env"], env={"B": "2", "PATH": "/bin"}, capture_output=True, text=True)
+        assert sorted(r.stdout.splitlines()) == ["B=2", "PATH=/bin"]
+
+
+def test_cwd(rootfs):
+    with Sandbox(rootfs, cwd="/etc") as s:
+        assert s.run(["pwd"], capture_output=True).stdout == b"/etc\n"
+        assert s.run(["pwd"], cwd="/tmp", capture_output=True).stdout == b"/tmp\n"
+        assert s.run(["pwd"], cwd=pathlib.PurePosixPath("/bin"),
+                     capture_output=True).stdout == b"/bin\n"
+        assert s.run(["cat", "passwd"], capture_output=True).stdout.startswith(b"root:")
+    with Sandbox(rootfs) as s:
+        assert s.run(["pwd"], capture_output=True).stdout == b"/\n"
+
+
+def test_args_str_bytes_pathlike(tiny):
+    assert tiny.run("pwd", capture_output=True).stdout == b"/\n"
+    assert tiny.run(b"pwd", capture_output=True).stdout == b"/\n"
+    assert tiny.run(pathlib.Path("/bin/pwd"), capture_output=True).stdout == b"/\n"
+    r = tiny.run(["echo", b"b\xff", pathlib.PurePosixPath("c/d"), "\u00e9"],
+                 capture_output=True)
+    assert r.stdout == b"b\xff c/d \xc3\xa9\n"
+    # a str is one program name, not a shell line (as in subprocess)
+    with pytest.raises(FileNotFoundError):
+        tiny.run("echo hi")
+
+
+def test_args_kept_on_result(tiny):
+    args = ["sh", "-c", "exit 0"]
+    assert tiny.run(args).args == args
+    assert tiny.run("true").args == "true"
+
+
+# -- rlimits ----------------------------------------------------------------
+
+def test_rlimits_per_sandbox_and_per_run(rootfs):
+    with Sandbox(rootfs, rlimits={"nofile": 64}) as s:
+        r = s.run(sh("ulimit -S -n; ulimit -H -n"), capture_output=True, text=True)
+        assert r.stdout.split() == ["64", "64"]
+        r = s.run(sh("ulimit -S -n; ulimit -H -n"), rlimits={"nofile": (16, 48)},
+                  capture_output=True, text=True)
+        assert r.stdout.split() == ["16", "48"]
+        # a run's limits are its own
+        r = s.run(sh("ulimit -n"), capture_output=True, text=True)
+        assert r.stdout.split() == ["64"]
+    with Sandbox(rootfs) as s:
+        r = s.run(sh("ulimit -n"), rlimits={"NOFILE": 100}, capture_output=True, text=True)
+        assert r.stdout.split() == ["100"]
+        r = s.run(sh("ulimit -n"), capture_output=True, text=True)
+        assert r.stdout.split() != ["100"]
+
+
+def test_rlimit_fsize_gives_sigxfsz(rootfs):
+    with Sandbox(rootfs, rlimits={"fsize": "4k"}) as s:
+        r = s.run(["dd", "if=/dev/zero", "of=/tmp/f", "bs=1k", "count=100"],
+                  capture_output=True)
+        assert r.returncode == -signal.SIGXFSZ
+        r = s.run(["stat", "-c", "%s", "/tmp/f"], capture_output=True)
+        assert r.stdout == b"4096\n"
+
+
+def test_rlimit_fsize_gives_efbig_when_ignored(tiny):
+    r = tiny.run(sh("trap '' XFSZ; dd if=/dev/zero of=/tmp/g bs=1k count=100"),
+                 rlimits={"fsize": 8192}, capture_output=True, text=True)
+    assert r.returncode == 1
+    assert "File too large" in r.stderr
+    assert tiny.run(["stat", "-c", "%s", "/tmp/g"], capture_output=True).stdout == b"8192\n"
+
+
+def test_rlimit_cpu(sb):
+    r = sb.run(sh("while :; do :; done"), rlimits={"cpu": 1}, timeout=30)
+    assert r.returncode == -signal.SIGXCPU or r.returncode == -signal.SIGKILL
+    assert r.cpu_time >= 0.9
+
+
+# -- results ----------------------------------------------------------------
+
+def test_result_fields_of_a_quick_run(tiny):
+    r = tiny.run(["true"])
+    assert r.wall_time > 0
+    assert r.cpu_time >= 0
+    assert 0 < r.max_rss < 64 * MB
+    assert r.timed_out is False
+    assert r.oom_killed is False
+    assert r.output_truncated is False
+
+
+def test_cpu_time_of_a_busy_loop(sb):
+    busy = ("import time\n"
+            "t = time.process_time()\n"
+            "while time.process_time() - t < 0.3: pass\n")
+    r = sb.run(["python3", "-c", busy], timeout=60)
+    assert r.returncode == 0
+    assert r.cpu_time >= 0.25
+    assert r.wall_time >= r.cpu_time * 0.9   # one thread: cpu <= wall
+    idle = sb.run(["sleep", "0.3"])
+    assert idle.wall_time >= 0.25
+    assert idle.cpu_time < r.cpu_time
+
+
+def test_max_rss_of_a_big_allocation(sb):
+    prog = ("b = bytearray(100 * 1024 * 1024)\n"
+            "for i in range(0, len(b), 4096):\n"
+            "    b[i] = 1\n")
+    r = sb.run(["python3", "-c", prog], timeout=60)
+    assert r.returncode == 0
+    assert r.max_rss >= 100 * MB
+    assert r.max_rss < 1024 * MB
+    small = sb.run(["true"])
+    assert small.max_rss < 50 * MB   # per run, not the sandbox's peak
+
+
+def test_output_truncated_false_below_cap(tiny):
+    r = tiny.run(sh("echo hello"), capture_output=True, max_output=1024)
+    assert r.stdout == b"hello\n"
+    assert r.output_truncated is False
+
+
+def test_output_cap_small(tiny):
+    r = tiny.run(sh("echo 0123456789; echo abcdefghij >&2"), capture_output=True,
+                 max_output=4)
+    assert r.stdout == b"0123" and r.stderr == b"abcd"
+    assert r.output_truncated is True
+    assert r.returncode == 0
+
+
+# -- timeout ----------------------------------------------------------------
+
+def test_timeout_raises_with_partial_output(tiny):
+    with pytest.raises(pysandbox.TimeoutExpired) as ei:
+        tiny.run(sh("echo start; echo e >&2; sleep 100"), capture_output=True, timeout=0.5)
+    e = ei.value
+    assert isinstance(e, subprocess.TimeoutExpired)
+    assert isinstance(e, pysandbox.SandboxError)
+    assert e.timeout == 0.5
+    assert e.output == b"start\n" and e.stdout == b"start\n"
+    assert e.stderr == b"e\n"
+    assert e.result.timed_out is True
+    assert e.result.returncode == -signal.SIGKILL
+    assert e.result.stdout == b"start\n"
+    assert e.result.wall_time >= 0.5
+    # the sandbox is still usable
+    assert tiny.run(["true"]).returncode == 0
+
+
+def test_timeout_without_capture(tiny):
+    with pytest.raises(pysandbox.TimeoutExpired) as ei:
+        tiny.run(["sleep", "100"], timeout=0.5)
+    assert ei.value.result.timed_out is True
+    assert ei.value.output is None
+
+
+def test_timeout_zero_and_not_reached(tiny):
+    r = tiny.run(["true"], timeout=30)
+    assert r.timed_out is False
+    with pytest.raises(subprocess.TimeoutExpired):
+        tiny.run(["sleep", "100"], timeout=0)
+
+
+def _gone(sandbox, pid):
+    """True once pid no longer exists in the sandbox (bounded wait: a killed
+    process may still be a zombie for a moment)."""
+    r = sandbox.run(sh(f"for i in $(seq 250); do [ -d /proc/{pid} ] || exit 0; "
+                       f"sleep 0.02; done; exit 1"), timeout=30)
+    return r.returncode == 0
+
+
+def test_timeout_kills_whole_tree_but_not_other_runs(sb):
+    bystander = sb.popen(["sleep", "1000"])
+    try:
+        script = r"""
+setsid sh -c 'sh -c "sleep 1000 & echo \$! > /tmp/gc.pid" &'
+sleep 1000 &
+echo $! > /tmp/child.pid
+while [ ! -s /tmp/gc.pid ]; do sleep 0.01; done
+echo "ready $(cut -d' ' -f6 /proc/$(cat /tmp/gc.pid)/stat) $(cut -d' ' -f6 /proc/$$/stat)"
+sleep 100
+"""
+        with pytest.raises(pysandbox.TimeoutExpired) as ei:
+            sb.run(sh(script), capture_output=True, text=True, timeout=2)
+        out = ei.value.stdout
+        assert out.startswith("ready "), (out, ei.value.stderr)
+        gc_sid, cmd_sid = out.split()[1:3]
+        assert gc_sid != cmd_sid   # the grandchild really left the session
+        gc_pid = int(sb.run(["cat", "/tmp/gc.pid"], capture_output=True).stdout)
+        child_pid = int(sb.run(["cat", "/tmp/child.pid"], capture_output=True).stdout)
+        assert _gone(sb, gc_pid), "setsid'd, double-forked grandchild survived the timeout"
+        assert _gone(sb, child_pid), "background child survived the timeout"
+        ps = sb.run(["ps", "-e", "-o", "pid=,args="], capture_output=True, text=True).stdout
+        assert "sleep 100" not in ps
+        pids = {int(line.split()[0]) for line in ps.splitlines()}
+        assert gc_pid not in pids and child_pid not in pids
+        # the other run lives on
+        assert bystander.poll() is None
+        assert bystander.pid in pids
+        assert sb.run(["kill", "-0", str(bystander.pid)]).returncode == 0
+    finally:
+        bystander.kill()
+        bystander.wait(timeout=30)
+    assert bystander.returncode == -signal.SIGKILL
+
+
+# -- output cap ---------------------------------------------------------------
+
+def _vmrss():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_max_output_flood_on_both_streams(sb):
+    baseline = _vmrss()
+    peak = [baseline]
+    stop = threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            peak[0] = max(peak[0], _vmrss())
+            stop.wait(0.005)
+
+    t = threading.Thread(target=sample)
+    t.start()
+    try:
+        r = sb.run(sh("head -c 100000000 /dev/zero & head -c 100000000 /dev/zero >&2; wait"),
+                   capture_output=True, max_output="1M", timeout=100)
+    finally:
+        stop.set()
+        t.join()
+    assert r.returncode == 0   # both writers ran to the end: no deadlock
+    assert len(r.stdout) == MB and len(r.stderr) == MB
+    assert r.stdout == bytes(MB) and r.stderr == bytes(MB)
+    assert r.output_truncated is True
+    assert r.timed_out is False
+    assert peak[0] - baseline < 40 * MB, f"parent grew by {(peak[0] - baseline) / MB:.0f} MB"
+
+
+def test_max_output_in_text_mode_and_with_stdout_merged(tiny):
+    r = tiny.run(sh("yes | head -c 100000"), stdout=PIPE, stderr=STDOUT, text=True,
+                 max_output=1000, timeout=30)
+    assert r.stdout == "y\n" * 500
+    assert r.output_truncated is True
+
+
+# -- parity with subprocess.run ----------------------------------------------
+
+def _sh(script):
+    return ["sh", "-c", script]
+
+
+PARITY = {
+    "capture": (_sh("echo out; echo err >&2"), dict(capture_output=True)),
+    "capture-text": (_sh("echo out; echo err >&2"), dict(capture_output=True, text=True)),
+    "pipe-devnull": (_sh("echo out; echo err >&2"), dict(stdout=PIPE, stderr=DEVNULL)),
+    "devnull-pipe": (_sh("echo out; echo err >&2"), dict(stdout=DEVNULL, stderr=PIPE)),
+    "pipe-stdout": (_sh("echo out; echo err >&2; echo out2"), dict(stdout=PIPE, stderr=STDOUT)),
+    "pipe-stdout-text": (_sh("echo out; echo err >&2"),
+                         dict(stdout=PIPE, stderr=STDOUT, text=True)),
+    "devnull-both": (_sh("echo out; echo err >&2"), dict(stdout=DEVNULL, stderr=DEVNULL)),
+    "newlines-text": (_sh("printf 'a\\r\\nb\\rc'"), dict(capture_output=True, text=True)),
+    "newlines-universal": (_sh("printf 'a\\r\\nb\\rc'"),
+                           dict(capture_output=True, universal_newlines=True)),
+    "newlines-bytes": (_sh("printf 'a\\r\\nb\\rc'"), dict(capture_output=True)),
+    "encoding": (_sh("printf '\\351\\n'"), dict(capture_output=True, encoding="latin-1")),
+    "errors-replace": (_sh("printf 'a\\377b'"),
+                       dict(capture_output=True, encoding="utf-8", errors="replace")),
+    "errors-strict": (_sh("printf 'a\\377b'"), dict(capture_output=True, encoding="utf-8")),
+    "input-bytes": (["cat"], dict(input=b"in\x00put\r\n", capture_output=True)),
+    "input-str": (["cat"], dict(input="in\u00e9\r\nx", capture_output=True, text=True)),
+    "input-stdout-only": (["cat"], dict(input=b"abc", stdout=PIPE)),
+    "input-str-binary": (["cat"], dict(input="str", capture_output=True)),
+    "stdin-devnull": (["cat"], dict(stdin=DEVNULL, capture_output=True)),
+    "exit-3": (_sh("exit 3"), dict()),
+    "exit-3-check": (_sh("echo o; echo e >&2; exit 3"), dict(capture_output=True, check=True)),
+    "check-ok": (["true"], dict(check=True)),
+    "signal": (_sh("kill -TERM $$"), dict(capture_output=True)),
+    "signal-check": (_sh("kill -KILL $$"), dict(check=True)),
+    "input-and-stdin": (["cat"], dict(input=b"x", stdin=PIPE)),
+    "capture-and-stdout": (["true"], dict(capture_output=True, stdout=PIPE)),
+    "capture-and-stderr": (["true"], dict(capture_output=True, stderr=DEVNULL)),
+    "not-found": (["pysandbox-no-such-command"], dict()),
+    "not-found-abs": (["/usr/bin/pysandbox-no-such-command"], dict()),
+    "missing-cwd": (["true"], dict(cwd="/pysandbox-no-such-dir")),
+    "env": (["/usr/bin/env"], dict(env={"A": "1", "B": "two words"}, capture_output=True)),
+    "cwd": (["pwd"], dict(cwd="/usr", capture_output=True)),
+    "str-args": ("true", dict()),
+    "timeout": (_sh("sleep 10"), dict(timeout=0.2)),
+    "negative-timeout": (_sh("true"), dict(timeout=-1)),
+}
+
+
+def _outcome(fn, args, kwargs):
+    try:
+        r = fn(args, **kwargs)
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired, ValueError,
+            TypeError, UnicodeDecodeError, OSError) as e:
+        for base in (subprocess.CalledProcessError, subprocess.TimeoutExpired,
+                     UnicodeDecodeError, FileNotFoundError, PermissionError, OSError,
+                     ValueError, TypeError):
+            if isinstance(e, base):
+                kind = base
+                break
+        detail = None
+        if isinstance(e, subprocess.CalledProcessError):
+            detail = (e.returncode, e.stdout, e.stderr)
+        elif isinstance(e, OSError):
+            detail = (e.errno,)
+        return ("raised", kind, detail)
+    return ("returned", r.returncode, r.stdout, r.stderr)
+
+
+@pytest.mark.parametrize("case", sorted(PARITY))
+def test_parity_with_subprocess_run(case):
+    args, kwargs = PARITY[case]
+    expected = _outcome(subprocess.run, args, dict(kwargs))
+    with Sandbox() as s:
+        got = _outcome(s.run, args, dict(kwargs))
+    assert got == expected
