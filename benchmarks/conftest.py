@@ -1,31 +1,19 @@
 """Fixtures for the spawn benchmarks, and the ratio summary printed after
 pytest-benchmark's table.
 
-The tiny rootfs is the one the tests use (tests/conftest.py:build_rootfs),
-loaded under its own module name so it never collides with this conftest.
+The tiny rootfs is the one the tests use (tests/sbxutil.py:build_rootfs).
 """
 import gc
-import importlib.util
 import os
+import sys
 
 import pytest
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
-_TESTS_CONFTEST = os.path.join(os.path.dirname(_HERE), "tests", "conftest.py")
 
 
-def _load_tests_conftest():
-    spec = importlib.util.spec_from_file_location("_pysandbox_tests_conftest",
-                                                  _TESTS_CONFTEST)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-_tc = _load_tests_conftest()
-build_rootfs = _tc.build_rootfs
-init_pids = _tc.init_pids
-child_pids = _tc.child_pids
+sys.path.insert(0, os.path.join(os.path.dirname(_HERE), "tests"))
+from sbxutil import build_rootfs, init_pids  # noqa: E402
 
 BIG_ENV = "PYSANDBOX_BENCH_BIG"
 BIG_GB_ENV = "PYSANDBOX_BENCH_BIG_GB"
@@ -37,15 +25,16 @@ def rootfs(tmp_path_factory):
 
 
 @pytest.fixture(autouse=True)
-def _nothing_left_behind():
+def _nothing_left_behind(request):
     """Every benchmark must clean up after itself: hundreds of cold runs
     that each left an init (or a zombie) behind would also skew the rows
-    measured after them."""
-    before = set(init_pids())
-    yield
-    gc.collect()
-    assert set(init_pids()) - before == set(), "sandbox init left running"
-    assert child_pids() == [], "child process (or zombie) left behind"
+    measured after them.  Checked after the test's own fixtures (the warm
+    sandbox) are torn down."""
+    def check():
+        gc.collect()
+        assert init_pids() == [], "sandbox init left running"
+        assert child_pids() == [], "child process (or zombie) left behind"
+    request.addfinalizer(check)
 
 
 def vm_rss():

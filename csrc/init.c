@@ -33,9 +33,10 @@
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <grp.h>
+#include <linux/capability.h>
 #include <unistd.h>
 
-#define CTRL PS_CTRL_FD
+#define CTRL_FD PS_CTRL_FD
 
 /* ------------------------------------------------------------------ */
 /* records                                                             */
@@ -313,7 +314,7 @@ fail:;
  * directories, and the last component as a file when want_file.  Symlinks
  * and ".." cannot leave the root (RESOLVE_IN_ROOT).  Returns an O_PATH fd. */
 static int resolve_in_root(int root, const char *path, int create, int want_file,
-                           int *step)
+                           int *step, mode_t mode)
 {
     struct open_how how;
     char rel[4096];
@@ -348,7 +349,7 @@ static int resolve_in_root(int root, const char *path, int create, int want_file
     const char *base;
     if (slash) {
         *slash = 0;
-        parent = resolve_in_root(root, rel, 1, 0, step);
+        parent = resolve_in_root(root, rel, 1, 0, step, 0755);
         base = slash + 1;
     } else {
         parent = dup(root);
@@ -370,7 +371,7 @@ static int resolve_in_root(int root, const char *path, int create, int want_file
         if (rc >= 0)
             close(rc);
     } else {
-        rc = mkdirat(dir, base, 0755);
+        rc = mkdirat(dir, base, mode);
     }
     if (rc < 0 && errno != EEXIST) {
         int saved = errno;
@@ -440,7 +441,7 @@ static int run_op(int root, struct op *o, int *step)
         }
         memcpy(parent, o->dst, plen);
         parent[plen] = 0;
-        int pfd = resolve_in_root(root, parent, 1, 0, step);
+        int pfd = resolve_in_root(root, parent, 1, 0, step, 0755);
         if (pfd < 0)
             return -1;
         int dir = openat(pfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -473,9 +474,13 @@ static int run_op(int root, struct op *o, int *step)
         break;
     }
 
-    target = resolve_in_root(root, o->dst, 1, want_file, step);
-    if (target < 0)
+    target = resolve_in_root(root, o->dst, !(o->flags & PS_F_NO_CREATE), want_file,
+                             step, o->mode ? (mode_t)o->mode : 0755);
+    if (target < 0) {
+        if (errno == ENOENT && (o->flags & PS_F_NO_CREATE))
+            return 0;
         return -1;
+    }
 
     switch (o->kind) {
     case PS_OP_MKDIR:
@@ -492,6 +497,19 @@ static int run_op(int root, struct op *o, int *step)
     case PS_OP_BIND:
         mnt = o->src_fd;
         o->src_fd = -1;
+        break;
+    case PS_OP_BIND_SELF:
+        mnt = open_tree(target, "", OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC |
+                                    AT_EMPTY_PATH | AT_RECURSIVE);
+        if (mnt >= 0 &&
+            mount_setattr(mnt, "", AT_EMPTY_PATH | AT_RECURSIVE,
+                          &(struct mount_attr){ .attr_set = mount_attrs(o->flags) },
+                          sizeof(struct mount_attr)) < 0) {
+            int saved = errno;
+            close(mnt);
+            errno = saved;
+            mnt = -1;
+        }
         break;
     case PS_OP_TMPFS:
         mnt = new_fs_mount("tmpfs", o->data, o->flags);
@@ -670,18 +688,59 @@ static void exec_command(const struct run_request *r, struct exec_status *st)
             goto fail;
     }
 
+    /* capabilities, part 1: the bounding set (needs CAP_SETPCAP, so first) */
+    if (r->h.flags & PS_RUN_CAPS) {
+        st->step = PS_STEP_CAPS;
+        for (unsigned long cap = 0; cap < 64; cap++) {
+            if (r->h.cap_keep & (1ULL << cap))
+                continue;
+            if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0) {
+                if (errno == EINVAL)
+                    break; /* past the kernel's last capability */
+                goto fail;
+            }
+        }
+        if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0 && errno != EINVAL)
+            goto fail;
+    }
+
+    /* raw system calls: glibc's set*id wrappers may signal other threads */
     if (r->h.flags & PS_RUN_SETID) {
         st->step = PS_STEP_SETID;
-        if (setgroups(0, NULL) < 0 && errno != EPERM)
+        if (syscall(SYS_setgroups, 0, NULL) < 0 && errno != EPERM)
             goto fail;
-        if (setresgid((gid_t)r->h.gid, (gid_t)r->h.gid, (gid_t)r->h.gid) < 0 ||
-            setresuid((uid_t)r->h.uid, (uid_t)r->h.uid, (uid_t)r->h.uid) < 0)
+        if (syscall(SYS_setresgid, r->h.gid, r->h.gid, r->h.gid) < 0 ||
+            syscall(SYS_setresuid, r->h.uid, r->h.uid, r->h.uid) < 0)
+            goto fail;
+    }
+
+    /* capabilities, part 2: permitted/effective within the set, inheritable
+     * empty (root's execve takes its set from the bounding set) */
+    if (r->h.flags & PS_RUN_CAPS) {
+        struct __user_cap_header_struct hdr = { _LINUX_CAPABILITY_VERSION_3, 0 };
+        struct __user_cap_data_struct data[2];
+        st->step = PS_STEP_CAPS;
+        if (syscall(SYS_capget, &hdr, data) < 0)
+            goto fail;
+        for (int i = 0; i < 2; i++) {
+            uint32_t keep = (uint32_t)(r->h.cap_keep >> (32 * i));
+            data[i].permitted &= keep;
+            data[i].effective &= keep;
+            data[i].inheritable = 0;
+        }
+        if (syscall(SYS_capset, &hdr, data) < 0)
+            goto fail;
+    }
+    if (r->h.flags & PS_RUN_NO_NEW_PRIVS) {
+        st->step = PS_STEP_CAPS;
+        if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
             goto fail;
     }
 
     st->step = PS_STEP_CHDIR;
     if (chdir(r->cwd) < 0)
         goto fail;
+    umask(022);
 
     sigprocmask(SIG_SETMASK, &none, NULL);
     st->step = PS_STEP_EXEC;
@@ -776,36 +835,44 @@ static int reap_children(pid_t cmd, int *cmd_reaped, int chan, int block)
 }
 
 /* Kill every process of this run: the supervisor is their subreaper, so
- * each orphan comes back to it; repeat until nothing is left. */
-static void kill_tree(pid_t cmd, int *cmd_reaped, int chan)
+ * each orphan comes back to it; repeat until nothing is left.  `children`
+ * is /proc/self/task/<tid>/children, opened before the command started. */
+static void kill_tree(int children, pid_t cmd, int *cmd_reaped, int chan)
 {
-    char path[64], buf[4096];
-    snprintf(path, sizeof path, "/proc/self/task/%d/children", (int)getpid());
+    size_t cap = 4096;
+    char *buf = malloc(cap);
     for (;;) {
-        int fd = open(path, O_RDONLY | O_CLOEXEC);
-        ssize_t n = 0, total = 0;
-        if (fd >= 0) {
-            while ((n = read(fd, buf + total, sizeof buf - 1 - (size_t)total)) > 0) {
-                total += n;
-                if ((size_t)total >= sizeof buf - 1)
-                    break;
+        size_t total = 0;
+        ssize_t n;
+        int listed = 0;
+        if (buf && children >= 0 && lseek(children, 0, SEEK_SET) == 0) {
+            while ((n = read(children, buf + total, cap - 1 - total)) > 0) {
+                total += (size_t)n;
+                if (total == cap - 1) {
+                    char *bigger = realloc(buf, cap * 2);
+                    if (!bigger)
+                        break;
+                    buf = bigger;
+                    cap *= 2;
+                }
             }
-            close(fd);
+            buf[total] = 0;
+            listed = 1;
+            for (char *p = buf; *p;) {
+                char *endp;
+                long pid = strtol(p, &endp, 10);
+                if (endp == p || (*endp != ' ' && *endp != '\n' && *endp != 0))
+                    break;
+                kill((pid_t)pid, SIGKILL);
+                p = endp;
+            }
         }
-        buf[total] = 0;
-        for (char *p = buf; *p;) {
-            char *endp;
-            long pid = strtol(p, &endp, 10);
-            if (endp == p)
-                break;
-            kill((pid_t)pid, SIGKILL);
-            p = endp;
-        }
-        if (fd < 0 && !*cmd_reaped)
+        if (!listed && !*cmd_reaped)
             kill(cmd, SIGKILL);
         if (reap_children(cmd, cmd_reaped, chan, 1) < 0)
-            return;
+            break;
     }
+    free(buf);
 }
 
 static void supervise(struct run_request *r)
@@ -813,14 +880,19 @@ static void supervise(struct run_request *r)
     struct exec_status st = { 0, 0 };
     sigset_t set;
     pid_t cmd;
-    int cmd_reaped = 0;
+    int cmd_reaped = 0, children;
 
     prctl(PR_SET_CHILD_SUBREAPER, 1);
     sigemptyset(&set);
     sigaddset(&set, SIGCHLD);
-    sigaddset(&set, SIGUSR1);
+    sigaddset(&set, SIGRTMIN);
     sigprocmask(SIG_BLOCK, &set, NULL);
 
+    {
+        char path[64];
+        snprintf(path, sizeof path, "/proc/self/task/%d/children", (int)getpid());
+        children = open(path, O_RDONLY | O_CLOEXEC);
+    }
     cmd = vfork();
     if (cmd == 0) {
         exec_command(r, &st);
@@ -845,13 +917,16 @@ static void supervise(struct run_request *r)
     for (;;) {
         siginfo_t info;
         int sig = sigwaitinfo(&set, &info);
-        if (sig == SIGUSR1) {
+        if (sig == SIGRTMIN) {
+            /* requests come from init only (pid 1), never from a command */
+            if (info.si_code != SI_QUEUE || info.si_pid != 1)
+                continue;
             int what = info.si_value.sival_int;
-            if (what == 0) {
-                kill_tree(cmd, &cmd_reaped, r->chan);
+            if (what < 0) {
+                kill_tree(children, cmd, &cmd_reaped, r->chan);
                 _exit(0);
             }
-            if (!cmd_reaped)
+            if (!cmd_reaped && what > 0)
                 kill(cmd, what);
         } else if (sig == SIGCHLD) {
             if (reap_children(cmd, &cmd_reaped, r->chan, 0) < 0)
@@ -918,6 +993,7 @@ static void forget_run(pid_t sup)
 }
 
 static int sig_fd = -1;
+static void sweep_unowned(void);
 
 /* The spare supervisor: forked ahead of time, so that a run's critical path
  * does not include a fork of init.  It waits for one forwarded request. */
@@ -931,7 +1007,7 @@ static void spare_main(int sock)
     struct run_request r;
     ssize_t n;
 
-    close(CTRL);
+    close(CTRL_FD);
     if (sig_fd >= 0)
         close(sig_fd);
     prctl(PR_SET_NAME, "pysandbox-run");
@@ -1009,7 +1085,7 @@ static void handle_request(void)
     char *buf = NULL;
     int fds[4], n_fds = 0;
     struct run_request r;
-    ssize_t n = recv_message(CTRL, &buf, fds, 4, &n_fds);
+    ssize_t n = recv_message(CTRL_FD, &buf, fds, 4, &n_fds);
 
     if (n <= 0) {
         if (n == 0 || (errno != EINTR && errno != EAGAIN))
@@ -1020,15 +1096,33 @@ static void handle_request(void)
     if (parse_request(buf, (size_t)n, &r) < 0)
         goto done;
     if (r.h.type == PS_REQ_SIGNAL) {
-        for (struct live_run *l = live_runs; l; l = l->next)
-            if (l->run_id == r.h.run_id)
-                sigqueue(l->sup, SIGUSR1, (union sigval){ .sival_int = (int)r.h.sig });
+        int found = 0;
+        for (struct live_run *l = live_runs; l; l = l->next) {
+            if (l->run_id == r.h.run_id) {
+                found = 1;
+                sigqueue(l->sup, SIGRTMIN, (union sigval){
+                    .sival_int = (r.h.flags & PS_SIGNAL_TREE) ? -1 : (int)r.h.sig });
+            }
+        }
+        if (!found && (r.h.flags & PS_SIGNAL_TREE))
+            sweep_unowned(); /* its supervisor is gone: kill what it left */
         goto done;
     }
     if (r.h.type != PS_REQ_RUN || n_fds != 4)
         goto done;
     make_spare();
-    if (spare_sock < 0 || forward_to_spare(buf, (size_t)n, fds) < 0) {
+    if (spare_sock >= 0 && forward_to_spare(buf, (size_t)n, fds) < 0) {
+        /* the spare died (killed from inside?): one fresh try */
+        close(spare_sock);
+        spare_sock = -1;
+        spare_pid = -1;
+        make_spare();
+        if (spare_sock >= 0 && forward_to_spare(buf, (size_t)n, fds) < 0) {
+            close(spare_sock);
+            spare_sock = -1;
+        }
+    }
+    if (spare_sock < 0) {
         send_simple(fds[0], PS_REC_SPAWN_FAILED, PS_STEP_FORK,
                     errno ? errno : EAGAIN, -1, 0);
     } else {
@@ -1053,18 +1147,110 @@ done:
     free(buf);
 }
 
+static int is_supervisor(pid_t pid)
+{
+    if (pid == spare_pid)
+        return 1;
+    for (struct live_run *l = live_runs; l; l = l->next)
+        if (l->sup == pid)
+            return 1;
+    return 0;
+}
+
+/* Every command descends from a supervisor, which is its subreaper, so init
+ * adopts a command's process only when its supervisor was killed from
+ * inside.  Such a run has lost its tracking: kill every process that no
+ * live supervisor owns (and what they leave behind), until none is left. */
+static void sweep_unowned(void)
+{
+    size_t cap = 4096;
+    char *buf = malloc(cap);
+    int children = open("/proc/self/task/1/children", O_RDONLY | O_CLOEXEC);
+    if (!buf || children < 0)
+        goto out;
+    for (int round = 0; round < 10000; round++) {
+        size_t total = 0;
+        ssize_t n;
+        int killed = 0;
+        if (lseek(children, 0, SEEK_SET) != 0)
+            break;
+        while ((n = read(children, buf + total, cap - 1 - total)) > 0) {
+            total += (size_t)n;
+            if (total == cap - 1) {
+                char *bigger = realloc(buf, cap * 2);
+                if (!bigger)
+                    break;
+                buf = bigger;
+                cap *= 2;
+            }
+        }
+        buf[total] = 0;
+        for (char *p = buf; *p;) {
+            char *endp;
+            long pid = strtol(p, &endp, 10);
+            if (endp == p || (*endp != ' ' && *endp != '\n' && *endp != 0))
+                break;
+            p = endp;
+            if (!is_supervisor((pid_t)pid)) {
+                kill((pid_t)pid, SIGKILL);
+                killed++;
+            }
+        }
+        if (!killed)
+            break;
+        /* reap what died (supervisors are reaped by the main loop) */
+        for (;;) {
+            int status;
+            pid_t w = waitpid(-1, &status, __WALL);
+            if (w <= 0)
+                break;
+            if (is_supervisor(w)) {
+                if (w == spare_pid) {
+                    close(spare_sock);
+                    spare_sock = -1;
+                    spare_pid = -1;
+                }
+                forget_run(w);
+                continue;
+            }
+            if (--killed == 0)
+                break;
+        }
+    }
+out:
+    if (children >= 0)
+        close(children);
+    free(buf);
+}
+
 static void reap_orphans(int sfd)
 {
     struct signalfd_siginfo si;
+    int sweep = 0;
     while (read(sfd, &si, sizeof si) > 0)
         ;
     for (;;) {
         int status;
-        pid_t w = waitpid(-1, &status, WNOHANG | __WALL);
+        pid_t w = waitpid(-1, &status, WNOHANG | WUNTRACED | __WALL);
         if (w <= 0)
-            return;
+            break;
+        if (WIFSTOPPED(status)) {
+            /* only a command stops a supervisor: it loses it */
+            if (is_supervisor(w))
+                kill(w, SIGKILL);
+            continue;
+        }
+        if (w == spare_pid) {
+            close(spare_sock);
+            spare_sock = -1;
+            spare_pid = -1;
+        } else if (is_supervisor(w) && WIFSIGNALED(status)) {
+            sweep = 1;
+        }
         forget_run(w);
     }
+    if (sweep)
+        sweep_unowned();
 }
 
 int main(void)
@@ -1081,21 +1267,22 @@ int main(void)
         signal(s, SIG_DFL);
     sigemptyset(&mask);
     sigaddset(&mask, SIGCHLD);
-    sigaddset(&mask, SIGUSR1);
+    sigaddset(&mask, SIGRTMIN);
     sigprocmask(SIG_SETMASK, &mask, NULL);
     prctl(PR_SET_DUMPABLE, 0);
+    umask(0); /* modes in the plan are exact; commands get 022 */
     prctl(PR_SET_NAME, "pysandbox-init");
 
-    n = recv_message(CTRL, &buf, fds, 1, &n_fds);
+    n = recv_message(CTRL_FD, &buf, fds, 1, &n_fds);
     if (n <= 0)
         _exit(0);
     memset(&pl, 0, sizeof pl);
     if (parse_plan(buf, (size_t)n, &pl) < 0) {
-        send_simple(CTRL, PS_REC_SETUP_FAILED, PS_STEP_READ_PLAN, EINVAL, -1, 0);
+        send_simple(CTRL_FD, PS_REC_SETUP_FAILED, PS_STEP_READ_PLAN, EINVAL, -1, 0);
         _exit(1);
     }
     if (build_container(&pl, &step, &index) < 0) {
-        send_simple(CTRL, PS_REC_SETUP_FAILED, step, errno, index, 0);
+        send_simple(CTRL_FD, PS_REC_SETUP_FAILED, step, errno, index, 0);
         _exit(1);
     }
     for (uint32_t i = 0; i < pl.n_ops; i++)
@@ -1109,15 +1296,15 @@ int main(void)
     int sfd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
     sig_fd = sfd;
     if (sfd < 0) {
-        send_simple(CTRL, PS_REC_SETUP_FAILED, PS_STEP_SIGNALS, errno, -1, 0);
+        send_simple(CTRL_FD, PS_REC_SETUP_FAILED, PS_STEP_SIGNALS, errno, -1, 0);
         _exit(1);
     }
-    send_simple(CTRL, PS_REC_READY, 0, 0, -1, getpid());
+    send_simple(CTRL_FD, PS_REC_READY, 0, 0, -1, getpid());
 
     for (;;) {
         make_spare(); /* off the critical path: while init would idle */
         struct pollfd pfd[2] = {
-            { .fd = CTRL, .events = POLLIN },
+            { .fd = CTRL_FD, .events = POLLIN },
             { .fd = sfd, .events = POLLIN },
         };
         if (poll(pfd, 2, -1) < 0)

@@ -40,6 +40,7 @@ enum ps_step {
     PS_STEP_CHDIR = 33,
     PS_STEP_EXEC = 34,
     PS_STEP_RLIMIT = 35,
+    PS_STEP_CAPS = 36,
 };
 
 /* Records sent by init and by the per-run supervisors. */
@@ -94,6 +95,7 @@ enum ps_op_kind {
     PS_OP_SYMLINK = 8,      /* dst, data: link text */
     PS_OP_REMOUNT_RO = 9,   /* dst: make the mount at dst read-only */
     PS_OP_MQUEUE = 10,      /* dst */
+    PS_OP_BIND_SELF = 11,   /* dst: bind dst onto itself (to make it read-only) */
 };
 
 enum ps_op_flags {
@@ -103,6 +105,7 @@ enum ps_op_flags {
     PS_F_NOEXEC = 8,
     PS_F_FILE = 16,       /* the target is a file (create an empty one) */
     PS_F_OPTIONAL = 32,   /* skip the op when the source is missing */
+    PS_F_NO_CREATE = 64,  /* skip the op when the target is missing */
 };
 
 struct ps_op_hdr {
@@ -117,11 +120,14 @@ struct ps_op_hdr {
 /* Requests from Python to init on the control socket. */
 enum ps_request_type {
     PS_REQ_RUN = 1,     /* SCM_RIGHTS: channel, stdin, stdout, stderr */
-    PS_REQ_SIGNAL = 2,  /* run_id, sig (0 = kill the run's whole tree) */
+    PS_REQ_SIGNAL = 2,  /* run_id, sig; flag PS_SIGNAL_TREE: kill the whole tree */
 };
 
 enum ps_run_flags {
-    PS_RUN_SETID = 1,   /* uid/gid are set */
+    PS_RUN_SETID = 1,          /* uid/gid are set */
+    PS_RUN_CAPS = 2,           /* keep only the capabilities in cap_keep */
+    PS_RUN_NO_NEW_PRIVS = 4,   /* prctl(PR_SET_NO_NEW_PRIVS) */
+    PS_SIGNAL_TREE = 8,        /* with PS_REQ_SIGNAL: SIGKILL the run's tree */
 };
 
 /* RUN: followed by cwd\0, argc strings, envc strings. */
@@ -136,6 +142,7 @@ struct ps_request_hdr {
     int32_t gid;
     uint32_t n_rlimits;   /* followed first by n_rlimits x ps_rlimit */
     uint32_t reserved;
+    uint64_t cap_keep;    /* bit N = capability N */
 };
 
 struct ps_rlimit {

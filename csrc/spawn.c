@@ -157,9 +157,10 @@ int ps_spawn_init_from_parent(const struct ps_spawn_args *a, pid_t *pid_out,
      * around clone; init sets its own mask and dispositions. */
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old);
+    /* exit signal 0: neither SIGCHLD handlers nor waitpid(-1) in the
+     * application can reap init behind our back; we wait on the pidfd */
     pid = clone(init_child_main, stack + sizeof stack,
-                CLONE_VM | CLONE_PIDFD | SIGCHLD | (int)a->ns_flags, &ctx,
-                &pidfd);
+                CLONE_VM | CLONE_PIDFD | (int)a->ns_flags, &ctx, &pidfd);
     int clone_errno = errno;
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     close(sync_pipe[0]);
@@ -184,6 +185,16 @@ int ps_spawn_init_from_parent(const struct ps_spawn_args *a, pid_t *pid_out,
         n = write(sync_pipe[1], "g", 1);
     } while (n < 0 && errno == EINTR);
     close(sync_pipe[1]);
+    if (n != 1) {
+        e->step = PS_STEP_CHILD_FDS;
+        e->err = n < 0 ? errno : EIO;
+        close(err_pipe[0]);
+        syscall(SYS_pidfd_send_signal, pidfd, SIGKILL, NULL, 0);
+        while (waitpid(pid, &status, __WALL) < 0 && errno == EINTR)
+            ;
+        close(pidfd);
+        return -1;
+    }
 
     do {
         n = read(err_pipe[0], &child_err, sizeof child_err);

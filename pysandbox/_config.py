@@ -8,6 +8,8 @@ import resource
 from dataclasses import dataclass, field
 from typing import Optional
 
+from ._caps import parse_capabilities
+
 __all__ = ["Bind", "Tmpfs", "SandboxConfig", "parse_size", "parse_rlimits"]
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtKMGT]?)(i?[bB]?)\s*$")
@@ -209,17 +211,11 @@ class SandboxConfig:
         if seccomp not in ("default", None):
             raise ValueError("seccomp must be 'default' or None (custom policies: "
                              "not implemented yet)")
-        if capabilities is not None:
-            if isinstance(capabilities, str) or not all(isinstance(c, str) for c in capabilities):
-                raise TypeError("capabilities must be a list of capability names")
+        capabilities = parse_capabilities(capabilities)
         for what, v in (("memory", memory), ("pids", pids), ("cpus", cpus)):
             if v is not None:
                 raise NotImplementedError(
                     f"{what}= limits need the cgroup driver, which is not built yet; "
                     "refusing rather than running without the limit")
-        if capabilities is not None:
-            raise NotImplementedError("capabilities= is not implemented yet; refusing "
-                                      "rather than running with a different set")
         return cls(rootfs, mounts, read_only, hostname, network, env, cwd,
-                   user, memory, pids, cpus, rl, seccomp,
-                   None if capabilities is None else tuple(capabilities))
+                   user, memory, pids, cpus, rl, seccomp, capabilities)

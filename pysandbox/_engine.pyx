@@ -9,6 +9,7 @@ from array import array
 from ._config import SandboxConfig
 from ._errors import SandboxError, setup_error
 from . import _plan
+from ._caps import cap_mask
 from . import _runner
 
 from posix.types cimport pid_t
@@ -122,6 +123,8 @@ cdef class Sandbox:
     cdef public object _rlimits
     cdef public object _ids
     cdef public int _null_fd
+    cdef public unsigned long long _cap_keep
+    cdef public int _run_flags
     cdef object _owner
 
     def __cinit__(self):
@@ -135,6 +138,8 @@ cdef class Sandbox:
         self._env = dict(_runner.DEFAULT_ENV if cfg.env is None else cfg.env)
         self._cwd = cfg.cwd
         self._rlimits = cfg.rlimits
+        self._cap_keep = cap_mask(cfg.capabilities)
+        self._run_flags = _runner.RUN_CAPS | _runner.RUN_NO_NEW_PRIVS
         self._ops = _plan.build_ops(cfg)
         plan = _plan.pack_plan(cfg, self._ops)
         self._lock = threading.Lock()
@@ -167,17 +172,22 @@ cdef class Sandbox:
             a.deny_setgroups = deny
             with nogil:
                 rc = ps_spawn_init_from_parent(&a, &pid, &pidfd, &e)
-            if rc < 0:
+            if rc == 0:
+                # recorded before any Python code can raise
+                self._pid = pid
+                self._pidfd = pidfd
+                self._owner = os.getpid()
+                self._ctrl = parent
+            else:
                 raise setup_error(e.step, e.err)
         except BaseException:
-            parent.close()
+            if self._ctrl is None:
+                parent.close()
+            else:
+                self.close()
             raise
         finally:
             child.close()
-        self._ctrl = parent
-        self._pid = pid
-        self._pidfd = pidfd
-        self._owner = os.getpid()
         try:
             parent.sendall(plan)
             data = parent.recv(_runner.RECORD.size)
@@ -211,10 +221,10 @@ cdef class Sandbox:
                 raise ValueError(f"argv and environment too large ({len(req)} bytes)") from None
             raise
 
-    def _signal(self, run_id, sig):
+    def _signal(self, run_id, sig, flags):
         if self._ctrl is None:
             return
-        req = _runner._REQ.pack(_runner.REQ_SIGNAL, 0, run_id, sig, 0, 0, 0, 0, 0, 0)
+        req = _runner._REQ.pack(_runner.REQ_SIGNAL, flags, run_id, sig, 0, 0, 0, 0, 0, 0, 0)
         try:
             self._ctrl.send(req)
         except OSError:

@@ -36,6 +36,7 @@ STEP_NAMES = {
     33: "chdir",
     34: "execve",
     35: "setrlimit",
+    36: "drop capabilities",
 }
 
 

@@ -10,8 +10,9 @@ import struct
 from ._config import Bind, Tmpfs
 
 # enum ps_op_kind / ps_op_flags / ps_plan_flags (csrc/proto.h)
-ROOT_TMPFS, ROOT_OVERLAY, BIND, TMPFS, PROC, DEVPTS, MKDIR, SYMLINK, REMOUNT_RO, MQUEUE = range(1, 11)
-F_RDONLY, F_NOSUID, F_NODEV, F_NOEXEC, F_FILE, F_OPTIONAL = 1, 2, 4, 8, 16, 32
+(ROOT_TMPFS, ROOT_OVERLAY, BIND, TMPFS, PROC, DEVPTS, MKDIR, SYMLINK, REMOUNT_RO,
+ MQUEUE, BIND_SELF) = range(1, 12)
+F_RDONLY, F_NOSUID, F_NODEV, F_NOEXEC, F_FILE, F_OPTIONAL, F_NO_CREATE = 1, 2, 4, 8, 16, 32, 64
 PLAN_LOOPBACK, PLAN_TIME_NS = 1, 2
 PLAN_MAGIC = 0x31425350
 
@@ -71,8 +72,32 @@ def _default_root_ops():
             ops.append(Op(SYMLINK, p, data=os.readlink(p)))
         elif os.path.exists(p):
             ops.append(Op(BIND, p, src=p, flags=F_RDONLY | F_NOSUID | F_NODEV | F_OPTIONAL))
-    for d in ("/root", "/home", "/var/tmp", "/run", "/mnt"):
-        ops.append(Op(MKDIR, d))
+    for d in ("/root", "/home", "/run", "/mnt"):
+        ops.append(Op(MKDIR, d, mode=0o755))
+    ops.append(Op(MKDIR, "/var", mode=0o755))
+    ops.append(Op(MKDIR, "/var/tmp", mode=0o1777))
+    return ops
+
+
+# Docker's masked and read-only /proc paths (shared/reference/docker-defaults.md)
+PROC_MASKED = ("acpi", "asound", "interrupts", "kcore", "keys", "latency_stats",
+               "sched_debug", "scsi", "timer_list", "timer_stats")
+PROC_READ_ONLY = ("bus", "fs", "irq", "sys", "sysrq-trigger")
+
+
+def _proc_ops():
+    ops = [Op(PROC, "/proc", flags=F_NOSUID | F_NODEV | F_NOEXEC)]
+    for name in PROC_READ_ONLY:
+        ops.append(Op(BIND_SELF, "/proc/" + name,
+                      flags=F_RDONLY | F_NOSUID | F_NODEV | F_NOEXEC | F_NO_CREATE))
+    for name in PROC_MASKED:
+        host = "/proc/" + name
+        if os.path.isdir(host):
+            ops.append(Op(TMPFS, host, data="size=0,mode=0555",
+                          flags=F_RDONLY | F_NOSUID | F_NODEV | F_NOEXEC | F_NO_CREATE))
+        elif os.path.exists(host):
+            ops.append(Op(BIND, host, src="/dev/null",
+                          flags=F_RDONLY | F_NOSUID | F_NOEXEC | F_FILE | F_NO_CREATE))
     return ops
 
 
@@ -81,7 +106,7 @@ def build_ops(cfg):
         ops = _default_root_ops()
     else:
         ops = [Op(ROOT_OVERLAY, "/", src=_overlay_escape(cfg.rootfs))]
-    ops.append(Op(PROC, "/proc", flags=F_NOSUID | F_NODEV | F_NOEXEC))
+    ops.extend(_proc_ops())
     ops.append(Op(TMPFS, "/dev", data="mode=0755,size=65536k", flags=F_NOSUID | F_NOEXEC))
     for n in DEV_NODES:
         ops.append(Op(BIND, "/dev/" + n, src="/dev/" + n, flags=F_NOSUID | F_NOEXEC | F_FILE))

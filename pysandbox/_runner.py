@@ -24,12 +24,13 @@ PIPE, STDOUT, DEVNULL = subprocess.PIPE, subprocess.STDOUT, subprocess.DEVNULL
 
 # csrc/proto.h
 REQ_RUN, REQ_SIGNAL = 1, 2
-RUN_SETID = 1
+RUN_SETID, RUN_CAPS, RUN_NO_NEW_PRIVS, SIGNAL_TREE = 1, 2, 4, 8
 REC_SPAWNED, REC_SPAWN_FAILED, REC_EXIT = 3, 4, 5
-_REQ = struct.Struct("=4I2I2i2I")
+_REQ = struct.Struct("=4I2I2i2IQ")
 _RLIMIT = struct.Struct("=IIQQ")
 RECORD = struct.Struct("=IIiiqqqqq")
 _CHUNK = 65536
+KILL_GRACE = 5.0   # seconds to collect a killed tree's output
 
 DEFAULT_ENV = {
     b"PATH": b"/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -126,11 +127,11 @@ class SandboxProcess:
             to_close.append(chan_child.detach())
             self._chan = chan
             self.run_id = sandbox._next_run_id()
-            flags = RUN_SETID if ids is not None else 0
+            flags = (RUN_SETID if ids is not None else 0) | sandbox._run_flags
             uid, gid = ids if ids is not None else (0, 0)
             req = b"".join((
                 _REQ.pack(REQ_RUN, flags, self.run_id, 0, len(argv), len(envl),
-                          uid, gid, len(rl), 0),
+                          uid, gid, len(rl), 0, sandbox._cap_keep),
                 b"".join(_RLIMIT.pack(r, 0, s, h) for r, s, h in rl),
                 cwd.encode(), b"\0",
                 b"\0".join(argv), b"\0",
@@ -194,6 +195,16 @@ class SandboxProcess:
 
         if stdin == STDOUT:
             raise ValueError("STDOUT is only valid for stderr")
+        if bufsize == 1:
+            # as subprocess: line buffering exists in text mode only
+            if not self.text_mode:
+                import warnings
+                warnings.warn("line buffering (buffering=1) isn't supported in binary "
+                              "mode, the default buffer size will be used",
+                              RuntimeWarning, stacklevel=4)
+            raw_bufsize = -1
+        else:
+            raw_bufsize = bufsize
         p2c, w = child_fd(stdin, 0, True)
         c2p, r = child_fd(stdout, 1, False)
         if stderr == STDOUT:
@@ -201,18 +212,18 @@ class SandboxProcess:
         else:
             errwrite, e = child_fd(stderr, 2, False)
         if w is not None:
-            self.stdin = io.open(w, "wb", bufsize)
+            self.stdin = io.open(w, "wb", raw_bufsize)
             if self.text_mode:
                 self.stdin = io.TextIOWrapper(self.stdin, write_through=True,
                                               line_buffering=(bufsize == 1),
                                               encoding=self.encoding, errors=self.errors)
         if r is not None:
-            self.stdout = io.open(r, "rb", bufsize)
+            self.stdout = io.open(r, "rb", raw_bufsize)
             if self.text_mode:
                 self.stdout = io.TextIOWrapper(self.stdout, encoding=self.encoding,
                                                errors=self.errors)
         if e is not None:
-            self.stderr = io.open(e, "rb", bufsize)
+            self.stderr = io.open(e, "rb", raw_bufsize)
             if self.text_mode:
                 self.stderr = io.TextIOWrapper(self.stderr, encoding=self.encoding,
                                                errors=self.errors)
@@ -270,8 +281,9 @@ class SandboxProcess:
         return self.returncode
 
     def send_signal(self, sig):
-        if self.returncode is None and self.poll() is None:
-            self._sandbox._signal(self.run_id, int(sig))
+        sig = int(sig)
+        if self.returncode is None and self.poll() is None and sig != 0:
+            self._sandbox._signal(self.run_id, sig, 0)
 
     def terminate(self):
         self.send_signal(signal.SIGTERM)
@@ -281,7 +293,11 @@ class SandboxProcess:
 
     def kill_tree(self):
         """SIGKILL the command and everything it started, setsid or not."""
-        self._sandbox._signal(self.run_id, 0)
+        if self.returncode is None or self._chan_open():
+            self._sandbox._signal(self.run_id, 0, SIGNAL_TREE)
+
+    def _chan_open(self):
+        return self._chan is not None and self._chan.fileno() >= 0
 
     def __enter__(self):
         return self
@@ -413,6 +429,24 @@ class SandboxProcess:
             self.stderr.close()
         return out, err, self._truncated
 
+    def _kill_and_collect(self, max_output):
+        """Kill the run's tree and collect what it wrote.  Bounded: a process
+        that detached itself from its supervisor (by killing or stopping it)
+        cannot hold the caller forever; its output is then abandoned."""
+        self.kill_tree()
+        try:
+            return self._pump(None, KILL_GRACE, max_output)
+        except subprocess.TimeoutExpired:
+            out = err = None
+            if self.stdout is not None:
+                out = self._decode(b"".join(self._bufs.get("out", [])))
+            if self.stderr is not None:
+                err = self._decode(b"".join(self._bufs.get("err", [])))
+            self._close_streams()
+            if self.returncode is None:
+                self._take_exit(None)
+            return out, err, self._truncated
+
     def _result(self, stdout, stderr, truncated):
         utime, stime, maxrss = self._rusage or (0, 0, 0)
         end = self._exit_time or time.monotonic()
@@ -450,15 +484,11 @@ def run(sandbox, args, *, input=None, stdin=None, stdout=None, stderr=None,
         out, err, truncated = p._pump(input, timeout, max_output)
     except subprocess.TimeoutExpired:
         p.timed_out = True
-        p.kill_tree()
-        out, err, truncated = p._pump(None, None, max_output)
+        out, err, truncated = p._kill_and_collect(max_output)
         result = p._result(out, err, truncated)
         raise TimeoutExpired(p.args, timeout, out, err, result=result) from None
     except BaseException:
-        p.kill_tree()
-        p._close_streams()
-        if p.returncode is None:
-            p.wait()
+        p._kill_and_collect(max_output)
         raise
     result = p._result(out, err, truncated)
     if check:

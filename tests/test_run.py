@@ -76,6 +76,15 @@ def test_no_capture_gives_none(tiny):
     assert r.stdout is None and r.stderr is None
 
 
+def test_none_inherits_parent_stdio(tiny, capfd):
+    # stdout=None/stderr=None: the command writes to this process's fds 1, 2
+    r = tiny.run(sh("echo to-parent-out; echo to-parent-err >&2"))
+    assert r.stdout is None and r.stderr is None
+    out, err = capfd.readouterr()
+    assert out == "to-parent-out\n"
+    assert err == "to-parent-err\n"
+
+
 def test_text_mode(tiny):
     r = tiny.run(sh("printf 'h\\303\\251\\n'; printf 'e\\n' >&2"), capture_output=True, text=True)
     assert r.stdout == "h\u00e9\n"
@@ -141,7 +150,7 @@ def test_stdout_pipe_stderr_devnull(tiny):
 
 
 def test_stdout_devnull(tiny):
-    r = tiny.run(sh("echo out; stat -L -c '%t:%T' /proc/self/fd/1 >&2"),
+    r = tiny.run(sh("echo out; exec 3>&1; stat -L -c '%t:%T' /proc/self/fd/3 >&2"),
                  stdout=DEVNULL, stderr=PIPE)
     assert r.stdout is None
     assert r.stderr == b"1:3\n"
@@ -210,8 +219,8 @@ def test_stdio_fds_do_not_leak_into_parent(tiny, tmp_path):
 
 def test_only_stdio_fds_inside(tiny, tmp_path):
     with open(tmp_path / "f", "wb") as extra:   # an open fd in the parent
+        assert extra.fileno() > 2
         r = tiny.run(["ls", "/proc/self/fd"], capture_output=True, text=True)
-    assert extra.fileno() > 2
     # 0 1 2, plus the fd ls itself uses to read the directory
     assert set(r.stdout.split()) <= {"0", "1", "2", "3"}
 
@@ -405,10 +414,29 @@ def test_max_rss_of_a_big_allocation(sb):
     assert small.max_rss < 50 * MB   # per run, not the sandbox's peak
 
 
+def test_max_rss_counts_waited_for_descendants(sb):
+    prog = ("b = bytearray(100 * 1024 * 1024)\n"
+            "for i in range(0, len(b), 4096):\n"
+            "    b[i] = 1\n")
+    # sh stays the command's process; python3 is its child
+    r = sb.run(["sh", "-c", 'python3 -c "$0"; true', prog], timeout=60)
+    assert r.returncode == 0
+    assert r.max_rss >= 100 * MB
+
+
 def test_output_truncated_false_below_cap(tiny):
     r = tiny.run(sh("echo hello"), capture_output=True, max_output=1024)
     assert r.stdout == b"hello\n"
     assert r.output_truncated is False
+
+
+def test_output_cap_boundary(tiny):
+    r = tiny.run(sh("printf 1234"), capture_output=True, max_output=4)
+    assert r.stdout == b"1234" and r.output_truncated is False
+    r = tiny.run(sh("printf 12345"), capture_output=True, max_output=4)
+    assert r.stdout == b"1234" and r.output_truncated is True
+    r = tiny.run(sh("printf 1"), capture_output=True, max_output=0)
+    assert r.stdout == b"" and r.output_truncated is True
 
 
 def test_output_cap_small(tiny):
@@ -469,7 +497,7 @@ sleep 1000 &
 echo $! > /tmp/child.pid
 while [ ! -s /tmp/gc.pid ]; do sleep 0.01; done
 echo "ready $(cut -d' ' -f6 /proc/$(cat /tmp/gc.pid)/stat) $(cut -d' ' -f6 /proc/$$/stat)"
-sleep 100
+sleep 99
 """
         with pytest.raises(pysandbox.TimeoutExpired) as ei:
             sb.run(sh(script), capture_output=True, text=True, timeout=2)
@@ -482,7 +510,7 @@ sleep 100
         assert _gone(sb, gc_pid), "setsid'd, double-forked grandchild survived the timeout"
         assert _gone(sb, child_pid), "background child survived the timeout"
         ps = sb.run(["ps", "-e", "-o", "pid=,args="], capture_output=True, text=True).stdout
-        assert "sleep 100" not in ps
+        assert "sleep 99" not in ps
         pids = {int(line.split()[0]) for line in ps.splitlines()}
         assert gc_pid not in pids and child_pid not in pids
         # the other run lives on
@@ -493,6 +521,29 @@ sleep 100
         bystander.kill()
         bystander.wait(timeout=30)
     assert bystander.returncode == -signal.SIGKILL
+
+
+@pytest.mark.parametrize("attack", ["kill -KILL $PPID", "kill -STOP $PPID"])
+def test_timeout_kills_tree_even_if_command_attacks_its_parent(sb, attack):
+    # An untrusted command may signal whatever it can see.  Whatever it does
+    # to the process above it (its supervisor), the run must not outlive its
+    # timeout: init then kills the run's whole tree at once (returncode -9),
+    # or the timeout does.  (Self-limiting: the command resumes its parent
+    # and ends after 3 s, so a failure shows as "survived", not as a hang.)
+    script = (f"echo $$ > /tmp/attacker.pid; {attack}; echo attacked; "
+              f"sleep 3; echo survived; kill -CONT $PPID 2>/dev/null")
+    try:
+        r = sb.run(sh(script), capture_output=True, text=True, timeout=1)
+        out, code = r.stdout, r.returncode
+        assert code == -signal.SIGKILL, (r.stdout, r.stderr)
+    except pysandbox.TimeoutExpired as e:
+        out = e.stdout
+    assert "survived" not in out, f"the run outlived its timeout after `{attack}`"
+    pid = int(sb.run(["cat", "/tmp/attacker.pid"], capture_output=True).stdout)
+    assert _gone(sb, pid)
+    # the sandbox still works, and only the supervisors are left
+    ps = sb.run(["ps", "-e", "-o", "comm="], capture_output=True, text=True).stdout.split()
+    assert set(ps) <= {"pysandbox-init", "pysandbox-run", "ps"}, ps
 
 
 # -- output cap ---------------------------------------------------------------
@@ -568,20 +619,23 @@ PARITY = {
     "stdin-devnull": (["cat"], dict(stdin=DEVNULL, capture_output=True)),
     "exit-3": (_sh("exit 3"), dict()),
     "exit-3-check": (_sh("echo o; echo e >&2; exit 3"), dict(capture_output=True, check=True)),
+    "exit-3-check-text": (_sh("echo o; echo e >&2; exit 3"),
+                          dict(capture_output=True, text=True, check=True)),
     "check-ok": (["true"], dict(check=True)),
     "signal": (_sh("kill -TERM $$"), dict(capture_output=True)),
     "signal-check": (_sh("kill -KILL $$"), dict(check=True)),
     "input-and-stdin": (["cat"], dict(input=b"x", stdin=PIPE)),
     "capture-and-stdout": (["true"], dict(capture_output=True, stdout=PIPE)),
     "capture-and-stderr": (["true"], dict(capture_output=True, stderr=DEVNULL)),
-    "not-found": (["pysandbox-no-such-command"], dict()),
+    # explicit PATH: the host's own PATH may hold unreadable dirs (EACCES)
+    "not-found": (["pysandbox-no-such-command"], dict(env={"PATH": "/usr/bin:/bin"})),
     "not-found-abs": (["/usr/bin/pysandbox-no-such-command"], dict()),
     "missing-cwd": (["true"], dict(cwd="/pysandbox-no-such-dir")),
     "env": (["/usr/bin/env"], dict(env={"A": "1", "B": "two words"}, capture_output=True)),
     "cwd": (["pwd"], dict(cwd="/usr", capture_output=True)),
     "str-args": ("true", dict()),
-    "timeout": (_sh("sleep 10"), dict(timeout=0.2)),
-    "negative-timeout": (_sh("true"), dict(timeout=-1)),
+    "timeout": (["sleep", "10"], dict(timeout=0.2)),
+    "zero-timeout": (["sleep", "10"], dict(timeout=0)),
 }
 
 

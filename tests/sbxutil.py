@@ -1,0 +1,101 @@
+"""Test helpers shared by tests/ and benchmarks/: a tiny rootfs made from
+host binaries, and leak probes."""
+import os
+import shutil
+import subprocess
+
+IS_ROOT = os.geteuid() == 0
+ROOTFS_TOOLS = ("sh", "cat", "ls", "id", "true", "false", "sleep", "echo", "mkdir",
+                "touch", "rm", "hostname", "ps", "env", "pwd", "head", "dd", "stat",
+                "readlink", "kill", "uname", "grep", "wc", "tr", "setsid", "mount",
+                "chmod", "yes")
+
+
+def _libs(path):
+    out = subprocess.run(["ldd", path], capture_output=True, text=True).stdout
+    for line in out.splitlines():
+        for part in line.split():
+            if part.startswith("/"):
+                yield part
+
+
+def build_rootfs(dest):
+    """Copy a few host programs and the libraries they need into dest."""
+    for d in ("bin", "etc", "tmp", "proc", "dev", "root"):
+        os.makedirs(os.path.join(dest, d), exist_ok=True)
+    seen = set()
+    for tool in ROOTFS_TOOLS:
+        src = shutil.which(tool, path="/usr/bin:/bin:/usr/sbin:/sbin")
+        if src is None:
+            continue
+        real = os.path.realpath(src)
+        shutil.copy2(real, os.path.join(dest, "bin", tool))
+        for lib in _libs(real):
+            if lib in seen:
+                continue
+            seen.add(lib)
+            target = os.path.join(dest, lib.lstrip("/"))
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            shutil.copy2(os.path.realpath(lib), target)
+    # dash as sh when present (faster, smaller)
+    with open(os.path.join(dest, "etc", "passwd"), "w") as f:
+        f.write("root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534::/:/bin/false\n"
+                "user:x:1000:1000::/tmp:/bin/sh\n")
+    with open(os.path.join(dest, "etc", "group"), "w") as f:
+        f.write("root:x:0:\nnogroup:x:65534:\nuser:x:1000:\n")
+    with open(os.path.join(dest, "canary"), "w") as f:
+        f.write("original\n")
+    return dest
+
+
+def tree_snapshot(root):
+    """(path, size, mtime_ns, mode) of everything below root: proof that a
+    sandbox did not write to it."""
+    snap = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in sorted(dirnames + filenames):
+            p = os.path.join(dirpath, name)
+            st = os.lstat(p)
+            snap.append((p, st.st_size, st.st_mtime_ns, st.st_mode))
+    return sorted(snap)
+
+
+def init_pids(parent=None):
+    """Host pids of the running sandbox inits started by this process (or by
+    `parent`): other test sessions on the machine do not count."""
+    parent = os.getpid() if parent is None else parent
+    pids = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/comm") as f:
+                comm = f.read().strip()
+            with open(f"/proc/{d}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if comm == "pysandbox-init" and ppid == parent:
+            pids.append(int(d))
+    return pids
+
+
+def open_fds():
+    return sorted(int(fd) for fd in os.listdir("/proc/self/fd"))
+
+
+def child_pids():
+    """Direct children of this process (zombies included)."""
+    out = []
+    me = str(os.getpid())
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[1] == me:
+            out.append(int(d))
+    return out

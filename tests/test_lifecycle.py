@@ -1,0 +1,321 @@
+"""Open, close, garbage collection and death of the parent: a sandbox never
+outlives its owner and leaves nothing behind."""
+import gc
+import os
+import select
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+
+from sbxutil import init_pids
+from pysandbox import Sandbox, SandboxError
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def sh(s, script, **kw):
+    kw.setdefault("timeout", 20)
+    return s.run(["sh", "-c", script], capture_output=True, text=True, **kw)
+
+
+def wait_until(cond, timeout=5.0):
+    """Poll cond() until it is true or timeout passes; return its last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = cond()
+        if v or time.monotonic() > deadline:
+            return v
+        time.sleep(0.02)
+
+
+def alive(pid):
+    """True if pid exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")
+
+
+def start_ticks(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[19])
+
+
+def now_ticks():
+    with open("/proc/uptime") as f:
+        return float(f.read().split()[0]) * os.sysconf("SC_CLK_TCK")
+
+
+def pid_ns_members(ns_link, started_before=None):
+    """Host pids of every process in the pid namespace ns_link (only those
+    started before the given uptime in ticks: a namespace's inode number is
+    reused once it is freed, by whichever namespace comes next)."""
+    out = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            if os.readlink(f"/proc/{d}/ns/pid") != ns_link:
+                continue
+            if started_before is not None and start_ticks(d) > started_before:
+                continue
+            if alive(d):
+                out.append(int(d))
+        except OSError:
+            continue
+    return out
+
+
+@pytest.fixture(scope="module")
+def warm(rootfs):
+    """One sandbox before any leak count: the sealed init memfd and the
+    /dev/null fd are made once per process, on first use."""
+    with Sandbox(rootfs) as s:
+        s.run(["true"], timeout=20)
+
+
+# -- close ----------------------------------------------------------------------
+
+def test_close_is_idempotent_and_flips_closed(rootfs):
+    s = Sandbox(rootfs)
+    pid = s.pid
+    ns = os.readlink(f"/proc/{pid}/ns/pid")
+    assert not s.closed
+    assert alive(pid) and pid in init_pids()
+    members = pid_ns_members(ns)
+    assert pid in members
+    s.close()
+    assert s.closed
+    assert s.pid is None
+    assert pid not in init_pids()
+    assert [m for m in members if alive(m)] == []
+    s.close()
+    s.close()
+    assert s.closed
+
+
+def test_close_kills_running_commands(rootfs):
+    s = Sandbox(rootfs)
+    ns = os.readlink(f"/proc/{s.pid}/ns/pid")
+    p = s.popen(["sleep", "1000"])
+    q = s.popen(["sh", "-c", "setsid sleep 1000 & sleep 1000"])
+    members = pid_ns_members(ns)
+    assert len(members) >= 5   # init, two supervisors, sleep, sh, setsid sleep
+    s.close()
+    assert [m for m in members if alive(m)] == []
+    assert p.wait(timeout=10) is not None
+    assert q.wait(timeout=10) is not None
+
+
+def test_run_after_close_raises(rootfs):
+    s = Sandbox(rootfs)
+    s.close()
+    with pytest.raises(SandboxError):
+        s.run(["true"], timeout=10)
+    with pytest.raises(SandboxError):
+        s.popen(["true"])
+
+
+def test_with_block_closes(rootfs):
+    with Sandbox(rootfs) as s:
+        pid = s.pid
+        assert pid in init_pids()
+    assert s.closed
+    assert pid not in init_pids()
+
+
+def test_with_block_closes_on_exception(rootfs):
+    with pytest.raises(RuntimeError, match="boom"):
+        with Sandbox(rootfs) as s:
+            pid = s.pid
+            ns = os.readlink(f"/proc/{pid}/ns/pid")
+            s.popen(["sleep", "1000"])
+            members = pid_ns_members(ns)
+            raise RuntimeError("boom")
+    assert s.closed
+    assert pid not in init_pids()
+    assert [m for m in members if alive(m)] == []
+
+
+# -- zombies --------------------------------------------------------------------
+
+def test_no_zombies_after_many_orphans():
+    with Sandbox() as s:
+        r = sh(s, "for i in $(seq 50); do (sleep 0 &) ; done; echo done")
+        assert r.returncode == 0 and r.stdout == "done\n", r.stderr
+
+        def listing():
+            return sh(s, "ps -eo stat=,comm=").stdout
+
+        def clean():
+            out = listing()
+            stats = [line.split()[0] for line in out.splitlines()]
+            return not any(st.startswith("Z") for st in stats) and \
+                "sleep" not in out.split() and out
+        out = wait_until(clean)
+        assert out, listing()
+        # and no supervisor of a finished run lingers: at most the one
+        # running ps and a spare forked ahead for the next run
+        comms = [line.split()[1] for line in out.splitlines()]
+        assert comms.count("pysandbox-run") <= 2, out
+
+
+def test_no_zombies_from_orphans_of_a_live_command():
+    """Orphans of a command that is still running are reaped too."""
+    with Sandbox() as s:
+        p = s.popen(["sh", "-c", "for i in $(seq 30); do (sleep 0 &) ; done; "
+                                 "sleep 1000"])
+        try:
+            def clean():
+                out = sh(s, "ps -eo stat=,comm=").stdout
+                rows = [ln.split() for ln in out.splitlines()]
+                zombies = [r for r in rows if r[0].startswith("Z")]
+                sleeps = [r for r in rows if r[1] == "sleep"]
+                return not zombies and len(sleeps) == 1
+            assert wait_until(clean), sh(s, "ps -eo pid,ppid,stat,comm").stdout
+        finally:
+            p.kill()
+            p.wait(timeout=10)
+
+
+# -- parent death -----------------------------------------------------------------
+
+OWNER = r"""
+import sys, time
+from pysandbox import Sandbox
+s = Sandbox(sys.argv[1])
+p = s.popen(["sleep", "1000"])
+q = s.popen(["sh", "-c", "setsid sleep 1000 & exec sleep 1000"])
+print(s.pid, p.pid, q.pid, flush=True)
+time.sleep(1000)
+"""
+
+# A subreaper between the test and the sandbox owner: once the owner dies, its
+# orphans (the sandbox init, if it outlived it) come here and are reaped, so
+# that a dead init does not linger as a zombie of the host's PID 1.
+REAPER = r"""
+import ctypes, os, subprocess, sys
+ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)   # PR_SET_CHILD_SUBREAPER
+owner = subprocess.Popen([sys.executable, "-c", sys.argv[1], sys.argv[2]])
+print(owner.pid, flush=True)
+while True:
+    try:
+        os.wait()
+    except ChildProcessError:
+        break
+"""
+
+
+def _readline(stream, timeout):
+    r, _, _ = select.select([stream], [], [], timeout)
+    assert r, "no answer from the child process"
+    return stream.readline()
+
+
+def test_sigkill_of_parent_leaves_no_sandbox_process(rootfs):
+    reaper = subprocess.Popen([sys.executable, "-c", REAPER, OWNER, rootfs],
+                              stdout=subprocess.PIPE, text=True)
+    members = []
+    owner = None
+    try:
+        owner = int(_readline(reaper.stdout, 30))
+        init_pid = int(_readline(reaper.stdout, 30).split()[0])
+        ns = os.readlink(f"/proc/{init_pid}/ns/pid")
+        assert ns != os.readlink("/proc/self/ns/pid")
+        # init, 2 supervisors, sleep, sleep, setsid sleep
+        members = wait_until(lambda: (lambda m: m if len(m) >= 6 else None)(
+            pid_ns_members(ns)))
+        assert members and init_pid in members, pid_ns_members(ns)
+        os.kill(owner, signal.SIGKILL)
+        killed_at = now_ticks() + 1
+        members = sorted(set(members) | set(pid_ns_members(ns, killed_at)))
+        gone = wait_until(lambda: not [m for m in members if alive(m)]
+                          and not pid_ns_members(ns, killed_at), timeout=5)
+        assert gone, ([m for m in members if alive(m)], pid_ns_members(ns, killed_at))
+        assert not alive(init_pid)
+        assert reaper.wait(timeout=10) == 0
+    finally:
+        for pid in members + ([owner] if owner else []):
+            if alive(pid):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        if reaper.poll() is None:
+            reaper.kill()
+        reaper.wait(timeout=10)
+        reaper.stdout.close()
+
+
+# -- garbage collection ---------------------------------------------------------------
+
+def test_garbage_collection_ends_init(rootfs):
+    s = Sandbox(rootfs)
+    s.popen(["sleep", "1000"])
+    pid = s.pid
+    ns = os.readlink(f"/proc/{pid}/ns/pid")
+    members = pid_ns_members(ns)
+    assert pid in members and len(members) >= 3
+    del s
+    gc.collect()
+    assert pid not in init_pids()
+    assert [m for m in members if alive(m)] == []
+
+
+def test_garbage_collection_of_a_sandbox_in_a_cycle(rootfs):
+    class Holder:
+        pass
+    h = Holder()
+    h.me = h
+    h.s = Sandbox(rootfs)
+    pid = h.s.pid
+    del h
+    gc.collect()
+    assert pid not in init_pids()
+
+
+# -- leaks ------------------------------------------------------------------------
+
+def _temp_entries():
+    found = set()
+    for d in {"/tmp", "/dev/shm", tempfile.gettempdir()}:
+        try:
+            names = os.listdir(d)
+        except OSError:
+            continue
+        found |= {os.path.join(d, n) for n in names if "pysandbox" in n.lower()}
+    return found
+
+
+def test_many_cycles_leak_nothing(warm, no_leaks, rootfs):
+    temp_before = _temp_entries()
+    for i in range(200):
+        with Sandbox(rootfs) as s:
+            if i % 3 == 0:
+                r = s.run(["echo", str(i)], capture_output=True, timeout=20)
+                assert r.stdout == f"{i}\n".encode()
+            elif i % 3 == 1:
+                r = s.run(["sh", "-c", "exit 3"], timeout=20)
+                assert r.returncode == 3
+            else:
+                p = s.popen(["sleep", "1000"])
+                assert p.poll() is None
+        if i % 3 == 2:
+            assert p.wait(timeout=10) is not None
+    gc.collect()
+    assert _temp_entries() == temp_before
+
+
+def test_failed_setup_leaks_nothing(warm, no_leaks, rootfs):
+    """A sandbox that cannot be built (a mount target below a file) raises
+    SetupError and leaves nothing behind either."""
+    from pysandbox import SetupError, Tmpfs
+    for _ in range(20):
+        with pytest.raises(SetupError):
+            Sandbox(rootfs, mounts=[Tmpfs("/canary/sub")])
