@@ -13,7 +13,7 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 sys.path.insert(0, os.path.join(os.path.dirname(_HERE), "tests"))
-from sbxutil import build_rootfs, init_pids  # noqa: E402
+from sbxutil import build_rootfs, child_pids, init_pids  # noqa: E402
 
 BIG_ENV = "PYSANDBOX_BENCH_BIG"
 BIG_GB_ENV = "PYSANDBOX_BENCH_BIG_GB"
