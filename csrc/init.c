@@ -37,6 +37,7 @@
 #include <unistd.h>
 
 #define CTRL_FD PS_CTRL_FD
+#define RUNQ_FD PS_RUNQ_FD
 
 /* ------------------------------------------------------------------ */
 /* records                                                             */
@@ -799,11 +800,12 @@ fail:
     _exit(127);
 }
 
-static void send_exit(int chan, int status, const struct rusage *ru)
+static void send_exit(int chan, pid_t pid, int status, const struct rusage *ru)
 {
     struct ps_record r;
     memset(&r, 0, sizeof r);
     r.type = PS_REC_EXIT;
+    r.pid = pid;
     r.status = status;
     r.utime_us = (int64_t)ru->ru_utime.tv_sec * 1000000 + ru->ru_utime.tv_usec;
     r.stime_us = (int64_t)ru->ru_stime.tv_sec * 1000000 + ru->ru_stime.tv_usec;
@@ -828,7 +830,7 @@ static int reap_children(pid_t cmd, int *cmd_reaped, int chan, int block)
             return 0;
         if (w == cmd && !*cmd_reaped) {
             *cmd_reaped = 1;
-            send_exit(chan, status, &ru);
+            send_exit(chan, cmd, status, &ru);
         }
         block = 0;
     }
@@ -912,7 +914,9 @@ static void supervise(struct run_request *r)
         send_simple(r->chan, PS_REC_SPAWN_FAILED, st.step, st.err, -1, 0);
         _exit(0);
     }
-    send_simple(r->chan, PS_REC_SPAWNED, 0, 0, -1, cmd);
+    /* run() does not need the pid before the exit: one wakeup less */
+    if (!(r->h.flags & PS_RUN_QUIET_SPAWN))
+        send_simple(r->chan, PS_REC_SPAWNED, 0, 0, -1, cmd);
 
     for (;;) {
         siginfo_t info;
@@ -995,10 +999,13 @@ static void forget_run(pid_t sup)
 static int sig_fd = -1;
 static void sweep_unowned(void);
 
-/* The spare supervisor: forked ahead of time, so that a run's critical path
- * does not include a fork of init.  It waits for one forwarded request. */
+/* The spare supervisor: forked ahead of time, it waits on the run queue
+ * (fd 4, where Python sends run requests), so that neither a fork nor a hop
+ * through init is on a run's critical path.  Having taken one request it
+ * tells init which run it serves (init then forks the next spare) and
+ * becomes that run's supervisor. */
 static pid_t spare_pid = -1;
-static int spare_sock = -1;
+static int spare_sock = -1;   /* init's end: the spare's "took run N" notice */
 
 static void spare_main(int sock)
 {
@@ -1014,15 +1021,19 @@ static void spare_main(int sock)
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     if (getppid() != 1)
         _exit(0); /* init died before the prctl */
-    n = recv_message(sock, &buf, fds, 4, &n_fds);
-    if (n <= 0 || n_fds != 4)
+    n = recv_message(RUNQ_FD, &buf, fds, 4, &n_fds);
+    if (n <= 0)
         _exit(0);
-    close(sock);
+    close(RUNQ_FD);
     memset(&r, 0, sizeof r);
-    if (parse_request(buf, (size_t)n, &r) < 0 || r.h.type != PS_REQ_RUN) {
-        send_simple(fds[0], PS_REC_SPAWN_FAILED, PS_STEP_FORK, EINVAL, -1, 0);
+    if (n_fds != 4 || parse_request(buf, (size_t)n, &r) < 0 || r.h.type != PS_REQ_RUN) {
+        if (n_fds >= 1)
+            send_simple(fds[0], PS_REC_SPAWN_FAILED, PS_STEP_FORK, EINVAL, -1, 0);
         _exit(0);
     }
+    if (send(sock, &r.h.run_id, sizeof r.h.run_id, MSG_NOSIGNAL) < 0)
+        _exit(0);
+    close(sock);
     r.chan = fds[0];
     r.in = fds[1];
     r.out = fds[2];
@@ -1030,14 +1041,14 @@ static void spare_main(int sock)
     supervise(&r);
 }
 
-static void make_spare(void)
+static int make_spare(void)
 {
     int sv[2];
     pid_t p;
-    if (spare_sock >= 0)
-        return;
+    if (spare_pid > 0)
+        return 0;
     if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0)
-        return;
+        return -1;
     p = fork();
     if (p == 0) {
         close(sv[0]);
@@ -1045,39 +1056,54 @@ static void make_spare(void)
     }
     close(sv[1]);
     if (p < 0) {
+        int saved = errno;
         close(sv[0]);
-        return;
+        errno = saved;
+        return -1;
     }
     spare_pid = p;
     spare_sock = sv[0];
+    return 0;
 }
 
-static int forward_to_spare(const char *buf, size_t len, const int *fds)
+static void forget_spare(void)
 {
-    union {
-        struct cmsghdr h;
-        char b[CMSG_SPACE(sizeof(int) * 4)];
-    } cbuf;
-    struct iovec iov = { (void *)buf, len };
-    struct msghdr msg;
-    struct cmsghdr *c;
-    ssize_t n;
+    if (spare_sock >= 0)
+        close(spare_sock);
+    spare_sock = -1;
+    spare_pid = -1;
+}
 
-    memset(&msg, 0, sizeof msg);
-    memset(&cbuf, 0, sizeof cbuf);
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = cbuf.b;
-    msg.msg_controllen = sizeof cbuf.b;
-    c = CMSG_FIRSTHDR(&msg);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof(int) * 4);
-    memcpy(CMSG_DATA(c), fds, sizeof(int) * 4);
-    do {
-        n = sendmsg(spare_sock, &msg, MSG_NOSIGNAL);
-    } while (n < 0 && errno == EINTR);
-    return n == (ssize_t)len ? 0 : -1;
+/* The spare took run N: it is that run's supervisor now. */
+static void spare_took_run(void)
+{
+    uint32_t run_id;
+    ssize_t n = recv(spare_sock, &run_id, sizeof run_id, MSG_DONTWAIT);
+    if (n < 0 && (errno == EAGAIN || errno == EINTR))
+        return;
+    if (n == (ssize_t)sizeof run_id) {
+        struct live_run *l = malloc(sizeof *l);
+        if (l) {
+            l->run_id = run_id;
+            l->sup = spare_pid;
+            l->next = live_runs;
+            live_runs = l;
+        }
+    }
+    forget_spare();
+}
+
+/* No spare could be forked: answer queued run requests with the error. */
+static void fail_queued_run(int err)
+{
+    char *buf = NULL;
+    int fds[4], n_fds = 0;
+    ssize_t n = recv_message(RUNQ_FD, &buf, fds, 4, &n_fds);
+    if (n > 0 && n_fds >= 1)
+        send_simple(fds[0], PS_REC_SPAWN_FAILED, PS_STEP_FORK, err, -1, 0);
+    for (int i = 0; i < n_fds; i++)
+        close(fds[i]);
+    free(buf);
 }
 
 static void handle_request(void)
@@ -1093,9 +1119,7 @@ static void handle_request(void)
         return;
     }
     memset(&r, 0, sizeof r);
-    if (parse_request(buf, (size_t)n, &r) < 0)
-        goto done;
-    if (r.h.type == PS_REQ_SIGNAL) {
+    if (parse_request(buf, (size_t)n, &r) == 0 && r.h.type == PS_REQ_SIGNAL) {
         int found = 0;
         for (struct live_run *l = live_runs; l; l = l->next) {
             if (l->run_id == r.h.run_id) {
@@ -1106,40 +1130,7 @@ static void handle_request(void)
         }
         if (!found && (r.h.flags & PS_SIGNAL_TREE))
             sweep_unowned(); /* its supervisor is gone: kill what it left */
-        goto done;
     }
-    if (r.h.type != PS_REQ_RUN || n_fds != 4)
-        goto done;
-    make_spare();
-    if (spare_sock >= 0 && forward_to_spare(buf, (size_t)n, fds) < 0) {
-        /* the spare died (killed from inside?): one fresh try */
-        close(spare_sock);
-        spare_sock = -1;
-        spare_pid = -1;
-        make_spare();
-        if (spare_sock >= 0 && forward_to_spare(buf, (size_t)n, fds) < 0) {
-            close(spare_sock);
-            spare_sock = -1;
-        }
-    }
-    if (spare_sock < 0) {
-        send_simple(fds[0], PS_REC_SPAWN_FAILED, PS_STEP_FORK,
-                    errno ? errno : EAGAIN, -1, 0);
-    } else {
-        struct live_run *l = malloc(sizeof *l);
-        if (l) {
-            l->run_id = r.h.run_id;
-            l->sup = spare_pid;
-            l->next = live_runs;
-            live_runs = l;
-        }
-    }
-    if (spare_sock >= 0) {
-        close(spare_sock);
-        spare_sock = -1;
-        spare_pid = -1;
-    }
-done:
     for (int i = 0; i < n_fds; i++)
         close(fds[i]);
     free(r.argv);
@@ -1205,11 +1196,8 @@ static void sweep_unowned(void)
             if (w <= 0)
                 break;
             if (is_supervisor(w)) {
-                if (w == spare_pid) {
-                    close(spare_sock);
-                    spare_sock = -1;
-                    spare_pid = -1;
-                }
+                if (w == spare_pid)
+                    forget_spare();
                 forget_run(w);
                 continue;
             }
@@ -1241,9 +1229,7 @@ static void reap_orphans(int sfd)
             continue;
         }
         if (w == spare_pid) {
-            close(spare_sock);
-            spare_sock = -1;
-            spare_pid = -1;
+            forget_spare();
         } else if (is_supervisor(w) && WIFSIGNALED(status)) {
             sweep = 1;
         }
@@ -1302,15 +1288,22 @@ int main(void)
     send_simple(CTRL_FD, PS_REC_READY, 0, 0, -1, getpid());
 
     for (;;) {
-        make_spare(); /* off the critical path: while init would idle */
-        struct pollfd pfd[2] = {
+        /* the next spare, forked while the last run's command starts */
+        int spare_err = make_spare() < 0 ? errno : 0;
+        struct pollfd pfd[4] = {
             { .fd = CTRL_FD, .events = POLLIN },
             { .fd = sfd, .events = POLLIN },
+            { .fd = spare_sock, .events = POLLIN },
+            { .fd = spare_pid > 0 ? -1 : RUNQ_FD, .events = POLLIN },
         };
-        if (poll(pfd, 2, -1) < 0)
+        if (poll(pfd, 4, -1) < 0)
             continue;
+        if (pfd[2].revents)
+            spare_took_run(); /* before signals: they may be for that run */
         if (pfd[1].revents)
             reap_orphans(sfd);
+        if (pfd[3].revents & POLLIN)
+            fail_queued_run(spare_err ? spare_err : EAGAIN);
         if (pfd[0].revents & (POLLIN | POLLHUP | POLLERR))
             handle_request();
     }

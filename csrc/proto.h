@@ -119,7 +119,7 @@ struct ps_op_hdr {
 
 /* Requests from Python to init on the control socket. */
 enum ps_request_type {
-    PS_REQ_RUN = 1,     /* SCM_RIGHTS: channel, stdin, stdout, stderr */
+    PS_REQ_RUN = 1,     /* on the run queue; SCM_RIGHTS: channel, stdin, stdout, stderr */
     PS_REQ_SIGNAL = 2,  /* run_id, sig; flag PS_SIGNAL_TREE: kill the whole tree */
 };
 
@@ -128,6 +128,7 @@ enum ps_run_flags {
     PS_RUN_CAPS = 2,           /* keep only the capabilities in cap_keep */
     PS_RUN_NO_NEW_PRIVS = 4,   /* prctl(PR_SET_NO_NEW_PRIVS) */
     PS_SIGNAL_TREE = 8,        /* with PS_REQ_SIGNAL: SIGKILL the run's tree */
+    PS_RUN_QUIET_SPAWN = 16,   /* no SPAWNED record: the EXIT record has the pid */
 };
 
 /* RUN: followed by cwd\0, argc strings, envc strings. */
@@ -152,6 +153,9 @@ struct ps_rlimit {
     uint64_t hard;
 };
 
+/* init's fds: the control socket (plan, signals, parent death) and the run
+ * queue (run requests, read by the spare supervisor) */
 #define PS_CTRL_FD 3
+#define PS_RUNQ_FD 4
 
 #endif

@@ -49,7 +49,7 @@ static int init_child_main(void *p)
     const struct ps_spawn_args *a = c->a;
     char go;
     ssize_t n;
-    int ctrl, err, image, null;
+    int ctrl, runq, err, image, null;
 
     /* 1. wait for the parent to write the uid/gid maps */
     do {
@@ -58,25 +58,26 @@ static int init_child_main(void *p)
     if (n != 1)
         _exit(127);
 
-    /* 2. fds: 0-2 /dev/null, 3 control socket, everything else closed */
+    /* 2. fds: 0-2 /dev/null, 3 control socket, 4 run queue, nothing else */
     ctrl = fcntl(a->ctrl_fd, F_DUPFD, 10);
+    runq = fcntl(a->runq_fd, F_DUPFD, 10);
     err = fcntl(c->err_fd, F_DUPFD_CLOEXEC, 10);
     image = fcntl(a->init_fd, F_DUPFD_CLOEXEC, 10);
     null = fcntl(a->null_fd, F_DUPFD, 10);
     if (err < 0)
         child_fail(c->err_fd, PS_STEP_CHILD_FDS, errno);
-    if (ctrl < 0 || image < 0 || null < 0)
+    if (ctrl < 0 || runq < 0 || image < 0 || null < 0)
         child_fail(err, PS_STEP_CHILD_FDS, errno);
     if (dup2(null, 0) < 0 || dup2(null, 1) < 0 || dup2(null, 2) < 0 ||
-        dup2(ctrl, PS_CTRL_FD) < 0 || dup3(err, 4, O_CLOEXEC) < 0 ||
-        dup3(image, 5, O_CLOEXEC) < 0)
+        dup2(ctrl, PS_CTRL_FD) < 0 || dup2(runq, PS_RUNQ_FD) < 0 ||
+        dup3(err, 5, O_CLOEXEC) < 0 || dup3(image, 6, O_CLOEXEC) < 0)
         child_fail(err, PS_STEP_CHILD_FDS, errno);
-    if (syscall(SYS_close_range, 6U, ~0U, 0U) < 0)
-        child_fail(4, PS_STEP_CHILD_FDS, errno);
+    if (syscall(SYS_close_range, 7U, ~0U, 0U) < 0)
+        child_fail(5, PS_STEP_CHILD_FDS, errno);
 
     /* 3. exec the sealed init */
-    syscall(SYS_execveat, 5, "", a->argv, a->envp, AT_EMPTY_PATH);
-    child_fail(4, PS_STEP_EXEC_INIT, errno);
+    syscall(SYS_execveat, 6, "", a->argv, a->envp, AT_EMPTY_PATH);
+    child_fail(5, PS_STEP_EXEC_INIT, errno);
     return 127;
 }
 

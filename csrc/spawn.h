@@ -15,6 +15,7 @@ struct ps_spawn_args {
     char *const *argv;      /* init's argv and envp, built by the parent */
     char *const *envp;
     int ctrl_fd;            /* the child's end of the control socket */
+    int runq_fd;            /* the child's end of the run queue */
     int null_fd;            /* /dev/null, becomes init's 0, 1, 2 */
     unsigned long ns_flags; /* CLONE_NEW* */
     const char *uid_map;    /* written by the parent while the child waits */

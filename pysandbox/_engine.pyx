@@ -43,6 +43,7 @@ cdef extern from "spawn.h":
         char **argv
         char **envp
         int ctrl_fd
+        int runq_fd
         int null_fd
         unsigned long ns_flags
         const char *uid_map
@@ -113,6 +114,7 @@ cdef class Sandbox:
 
     cdef readonly object config
     cdef object _ctrl
+    cdef object _runq
     cdef pid_t _pid
     cdef int _pidfd
     cdef object _lock
@@ -157,6 +159,7 @@ cdef class Sandbox:
         cdef char *envp[1]
         uid_map, gid_map, deny = _plan.id_maps()
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        runq, runq_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             argv[0] = b"pysandbox-init"
             argv[1] = NULL
@@ -165,6 +168,7 @@ cdef class Sandbox:
             a.argv = argv
             a.envp = envp
             a.ctrl_fd = child.fileno()
+            a.runq_fd = runq_child.fileno()
             a.null_fd = self._null_fd
             a.ns_flags = _ns_flags(self.config.network)
             a.uid_map = uid_map
@@ -178,16 +182,19 @@ cdef class Sandbox:
                 self._pidfd = pidfd
                 self._owner = os.getpid()
                 self._ctrl = parent
+                self._runq = runq
             else:
                 raise setup_error(e.step, e.err)
         except BaseException:
             if self._ctrl is None:
                 parent.close()
+                runq.close()
             else:
                 self.close()
             raise
         finally:
             child.close()
+            runq_child.close()
         try:
             parent.sendall(plan)
             data = parent.recv(_runner.RECORD.size)
@@ -210,10 +217,12 @@ cdef class Sandbox:
             return next(self._run_ids)
 
     def _send(self, bytes req, fds):
-        if self._ctrl is None:
+        """A run request, on the run queue (read by the spare supervisor)."""
+        runq = self._runq
+        if self._ctrl is None or runq is None:
             raise SandboxError("the sandbox is closed")
         try:
-            self._ctrl.sendmsg([req], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array("i", fds))])
+            runq.sendmsg([req], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array("i", fds))])
         except (BrokenPipeError, ConnectionResetError):
             raise SandboxError("the sandbox init is gone") from None
         except OSError as exc:
@@ -261,6 +270,9 @@ cdef class Sandbox:
         self._ctrl = None
         if ctrl is not None:
             ctrl.close()
+        if self._runq is not None:
+            self._runq.close()
+            self._runq = None
         pid, pidfd = self._pid, self._pidfd
         self._pid, self._pidfd = 0, -1
         if pid > 0 and self._owner == os.getpid():

@@ -24,7 +24,7 @@ PIPE, STDOUT, DEVNULL = subprocess.PIPE, subprocess.STDOUT, subprocess.DEVNULL
 
 # csrc/proto.h
 REQ_RUN, REQ_SIGNAL = 1, 2
-RUN_SETID, RUN_CAPS, RUN_NO_NEW_PRIVS, SIGNAL_TREE = 1, 2, 4, 8
+RUN_SETID, RUN_CAPS, RUN_NO_NEW_PRIVS, SIGNAL_TREE, RUN_QUIET_SPAWN = 1, 2, 4, 8, 16
 REC_SPAWNED, REC_SPAWN_FAILED, REC_EXIT = 3, 4, 5
 _REQ = struct.Struct("=4I2I2i2IQ")
 _RLIMIT = struct.Struct("=IIQQ")
@@ -91,7 +91,7 @@ class SandboxProcess:
     def __init__(self, sandbox, args, *, stdin=None, stdout=None, stderr=None,
                  text=False, encoding=None, errors=None, env=None, cwd=None,
                  rlimits=None, user=None, bufsize=-1, universal_newlines=None,
-                 _start=None):
+                 _start=None, _quiet=False):
         self.args = args
         self.returncode = None
         self.stdin = self.stdout = self.stderr = None
@@ -100,6 +100,9 @@ class SandboxProcess:
         self._rusage = None
         self._exit_time = None
         self.timed_out = False
+        self.pid = None
+        self._argv0 = None
+        self._cwd = None
         if universal_newlines is not None:
             text = text or universal_newlines
         self.text_mode = bool(text or encoding or errors)
@@ -127,7 +130,8 @@ class SandboxProcess:
             to_close.append(chan_child.detach())
             self._chan = chan
             self.run_id = sandbox._next_run_id()
-            flags = (RUN_SETID if ids is not None else 0) | sandbox._run_flags
+            flags = ((RUN_SETID if ids is not None else 0) | sandbox._run_flags
+                     | (RUN_QUIET_SPAWN if _quiet else 0))
             uid, gid = ids if ids is not None else (0, 0)
             req = b"".join((
                 _REQ.pack(REQ_RUN, flags, self.run_id, 0, len(argv), len(envl),
@@ -152,16 +156,32 @@ class SandboxProcess:
             for fd in to_close:
                 os.close(fd)
 
-        rec = self._recv(block=True)
-        if rec is None:
+        self._argv0 = os.fsdecode(argv[0])
+        self._cwd = cwd
+        if not _quiet:
+            # Popen semantics: the command is running (or raised) on return
+            self._handle_record(self._recv(block=True))
+
+    def _handle_record(self, rec):
+        """One record from the supervisor.  Raises for an exec failure."""
+        if rec is False:
+            return
+        if rec is not None and rec[0] == REC_SPAWNED:
+            self.pid = rec[4]
+            return
+        if rec is None and self.pid is None and self._sandbox.closed:
             self._close_streams()
             self._chan.close()
-            raise SandboxError("the sandbox init is gone (sandbox closed?)")
-        if rec[0] == REC_SPAWN_FAILED:
+            raise SandboxError("the sandbox was closed")
+        # rec None with the sandbox open: the run's supervisor was killed
+        # from inside, and init killed the run's processes with it (-9)
+        if rec is not None and rec[0] == REC_SPAWN_FAILED:
             self._close_streams()
             self._chan.close()
-            raise exec_error(rec[1], rec[2], os.fsdecode(argv[0]), cwd)
-        self.pid = rec[4]
+            raise exec_error(rec[1], rec[2], self._argv0, self._cwd)
+        if rec is not None and self.pid is None:
+            self.pid = rec[4]
+        self._take_exit(rec)
 
     # -- stdio -------------------------------------------------------------
     def _child_fds(self, stdin, stdout, stderr, to_close, parent_ends, bufsize):
@@ -264,20 +284,21 @@ class SandboxProcess:
 
     def poll(self):
         if self.returncode is None:
-            rec = self._recv(block=False)
-            if rec is not False:
-                self._take_exit(rec)
+            self._handle_record(self._recv(block=False))
         return self.returncode
 
     def wait(self, timeout=None):
         timeout = _check_timeout(timeout)
         if self.returncode is not None:
             return self.returncode
-        if timeout is not None:
-            r, _, _ = select.select([self._chan], [], [], timeout)
-            if not r:
-                raise subprocess.TimeoutExpired(self.args, timeout)
-        self._take_exit(self._recv(block=True))
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.returncode is None:
+            if deadline is not None:
+                r, _, _ = select.select([self._chan], [], [],
+                                        max(0.0, deadline - time.monotonic()))
+                if not r:
+                    raise subprocess.TimeoutExpired(self.args, timeout)
+            self._handle_record(self._recv(block=True))
         return self.returncode
 
     def send_signal(self, sig):
@@ -378,11 +399,10 @@ class SandboxProcess:
                 ms = max(1, math.ceil(left * 1000))
             for fd, ev in poller.poll(ms):
                 if fd == chan_fd:
-                    rec = self._recv(block=False)
-                    if rec is not False:
+                    self._handle_record(self._recv(block=False))
+                    if self.returncode is not None:
                         poller.unregister(chan_fd)
                         chan_fd = None
-                        self._take_exit(rec)
                 elif fd == writer:
                     if ev & (select.POLLERR | select.POLLHUP):
                         n = -1
@@ -479,7 +499,8 @@ def run(sandbox, args, *, input=None, stdin=None, stdout=None, stderr=None,
     p = SandboxProcess(sandbox, args, stdin=stdin, stdout=stdout, stderr=stderr,
                        text=text, encoding=encoding, errors=errors, env=env,
                        cwd=cwd, rlimits=rlimits, user=user,
-                       universal_newlines=universal_newlines, _start=start)
+                       universal_newlines=universal_newlines, _start=start,
+                       _quiet=True)
     try:
         out, err, truncated = p._pump(input, timeout, max_output)
     except subprocess.TimeoutExpired:
@@ -488,7 +509,8 @@ def run(sandbox, args, *, input=None, stdin=None, stdout=None, stderr=None,
         result = p._result(out, err, truncated)
         raise TimeoutExpired(p.args, timeout, out, err, result=result) from None
     except BaseException:
-        p._kill_and_collect(max_output)
+        if p._chan_open():   # else: it never started (exec failure)
+            p._kill_and_collect(max_output)
         raise
     result = p._result(out, err, truncated)
     if check:
