@@ -134,6 +134,7 @@ struct op {
 
 struct plan {
     uint32_t flags;
+    uint64_t cap_bound;
     const char *hostname;
     const char *staging;
     uint32_t n_ops;
@@ -165,6 +166,7 @@ static int parse_plan(char *buf, size_t size, struct plan *pl)
     if (h.magic != PS_PLAN_MAGIC || h.n_ops > 100000)
         return -1;
     pl->flags = h.flags;
+    pl->cap_bound = h.cap_bound;
     pl->n_ops = h.n_ops;
     if (take_string(&p, end, h.hostname_len, &pl->hostname) < 0 ||
         take_string(&p, end, h.staging_len, &pl->staging) < 0 || !pl->staging)
@@ -689,22 +691,6 @@ static void exec_command(const struct run_request *r, struct exec_status *st)
             goto fail;
     }
 
-    /* capabilities, part 1: the bounding set (needs CAP_SETPCAP, so first) */
-    if (r->h.flags & PS_RUN_CAPS) {
-        st->step = PS_STEP_CAPS;
-        for (unsigned long cap = 0; cap < 64; cap++) {
-            if (r->h.cap_keep & (1ULL << cap))
-                continue;
-            if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0) {
-                if (errno == EINVAL)
-                    break; /* past the kernel's last capability */
-                goto fail;
-            }
-        }
-        if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0 && errno != EINVAL)
-            goto fail;
-    }
-
     /* raw system calls: glibc's set*id wrappers may signal other threads */
     if (r->h.flags & PS_RUN_SETID) {
         st->step = PS_STEP_SETID;
@@ -715,8 +701,9 @@ static void exec_command(const struct run_request *r, struct exec_status *st)
             goto fail;
     }
 
-    /* capabilities, part 2: permitted/effective within the set, inheritable
-     * empty (root's execve takes its set from the bounding set) */
+    /* capabilities: permitted/effective within the set, inheritable empty;
+     * the bounding set was dropped by the supervisor (drop_bounding_set), and
+     * root's execve takes its set from it */
     if (r->h.flags & PS_RUN_CAPS) {
         struct __user_cap_header_struct hdr = { _LINUX_CAPABILITY_VERSION_3, 0 };
         struct __user_cap_data_struct data[2];
@@ -1007,6 +994,30 @@ static void sweep_unowned(void);
 static pid_t spare_pid = -1;
 static int spare_sock = -1;   /* init's end: the spare's "took run N" notice */
 
+static uint32_t plan_flags;
+static uint64_t plan_cap_bound;
+
+/* In the spare, before any request: the commands' bounding set, ambient
+ * cleared.  The supervisor keeps its own permitted set (it may raise
+ * rlimits, set ids); only what an execve can gain is limited. */
+static int drop_bounding_set(void)
+{
+    if (!(plan_flags & PS_PLAN_CAPS))
+        return 0;
+    for (unsigned long cap = 0; cap < 64; cap++) {
+        if (plan_cap_bound & (1ULL << cap))
+            continue;
+        if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0) {
+            if (errno == EINVAL)
+                break; /* past the kernel's last capability */
+            return -1;
+        }
+    }
+    if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0 && errno != EINVAL)
+        return -1;
+    return 0;
+}
+
 static void spare_main(int sock)
 {
     char *buf = NULL;
@@ -1021,6 +1032,7 @@ static void spare_main(int sock)
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     if (getppid() != 1)
         _exit(0); /* init died before the prctl */
+    int cap_err = drop_bounding_set() < 0 ? errno : 0;
     n = recv_message(RUNQ_FD, &buf, fds, 4, &n_fds);
     if (n <= 0)
         _exit(0);
@@ -1034,6 +1046,10 @@ static void spare_main(int sock)
     if (send(sock, &r.h.run_id, sizeof r.h.run_id, MSG_NOSIGNAL) < 0)
         _exit(0);
     close(sock);
+    if (cap_err) {
+        send_simple(fds[0], PS_REC_SPAWN_FAILED, PS_STEP_CAPS, cap_err, -1, 0);
+        _exit(0);
+    }
     r.chan = fds[0];
     r.in = fds[1];
     r.out = fds[2];
@@ -1271,6 +1287,8 @@ int main(void)
         send_simple(CTRL_FD, PS_REC_SETUP_FAILED, step, errno, index, 0);
         _exit(1);
     }
+    plan_flags = pl.flags;
+    plan_cap_bound = pl.cap_bound;
     for (uint32_t i = 0; i < pl.n_ops; i++)
         if (pl.ops[i].src_fd >= 0)
             close(pl.ops[i].src_fd);

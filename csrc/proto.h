@@ -73,6 +73,7 @@ struct ps_record {
 enum ps_plan_flags {
     PS_PLAN_LOOPBACK = 1,   /* bring lo up (own network namespace) */
     PS_PLAN_TIME_NS = 2,    /* commands get a new time namespace */
+    PS_PLAN_CAPS = 4,       /* supervisors drop the bounding set to cap_bound */
 };
 
 struct ps_plan_hdr {
@@ -82,6 +83,7 @@ struct ps_plan_hdr {
     uint32_t hostname_len;
     uint32_t staging_len;   /* staging directory (host view) for the root */
     uint32_t reserved;
+    uint64_t cap_bound;     /* with PS_PLAN_CAPS: the commands' bounding set */
 };
 
 enum ps_op_kind {

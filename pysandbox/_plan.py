@@ -7,16 +7,17 @@ from __future__ import annotations
 import os
 import struct
 
+from ._caps import cap_mask
 from ._config import Bind, Tmpfs
 
 # enum ps_op_kind / ps_op_flags / ps_plan_flags (csrc/proto.h)
 (ROOT_TMPFS, ROOT_OVERLAY, BIND, TMPFS, PROC, DEVPTS, MKDIR, SYMLINK, REMOUNT_RO,
  MQUEUE, BIND_SELF) = range(1, 12)
 F_RDONLY, F_NOSUID, F_NODEV, F_NOEXEC, F_FILE, F_OPTIONAL, F_NO_CREATE = 1, 2, 4, 8, 16, 32, 64
-PLAN_LOOPBACK, PLAN_TIME_NS = 1, 2
+PLAN_LOOPBACK, PLAN_TIME_NS, PLAN_CAPS = 1, 2, 4
 PLAN_MAGIC = 0x31425350
 
-_HDR = struct.Struct("=6I")
+_HDR = struct.Struct("=6IQ")
 _OP = struct.Struct("=6I")
 
 # The embedded default root: the host's system directories, read-only, and
@@ -140,11 +141,13 @@ def staging_dir():
 
 
 def pack_plan(cfg, ops):
-    flags = PLAN_TIME_NS | (PLAN_LOOPBACK if cfg.network == "none" else 0)
+    flags = PLAN_TIME_NS | PLAN_CAPS | (PLAN_LOOPBACK if cfg.network == "none" else 0)
     hostname = cfg.hostname.encode() + b"\0"
     staging = staging_dir().encode() + b"\0"
     body = b"".join(op.pack() for op in ops)
-    return _HDR.pack(PLAN_MAGIC, flags, len(ops), len(hostname), len(staging), 0) + hostname + staging + body
+    header = _HDR.pack(PLAN_MAGIC, flags, len(ops), len(hostname), len(staging), 0,
+                       cap_mask(cfg.capabilities))
+    return header + hostname + staging + body
 
 
 # --- identity -------------------------------------------------------------
