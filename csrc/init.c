@@ -34,6 +34,8 @@
 #include <sys/wait.h>
 #include <grp.h>
 #include <linux/capability.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
 #include <unistd.h>
 
 #define CTRL_FD PS_CTRL_FD
@@ -135,11 +137,17 @@ struct op {
 struct plan {
     uint32_t flags;
     uint64_t cap_bound;
+    struct sock_fprog filter;   /* len 0: none */
     const char *hostname;
     const char *staging;
     uint32_t n_ops;
     struct op *ops;
 };
+
+/* what every supervisor and command needs from the plan, kept after setup */
+static uint32_t plan_flags;
+static uint64_t plan_cap_bound;
+static struct sock_fprog plan_filter;
 
 static int take_string(const char **p, const char *end, uint32_t len,
                        const char **out)
@@ -171,6 +179,19 @@ static int parse_plan(char *buf, size_t size, struct plan *pl)
     if (take_string(&p, end, h.hostname_len, &pl->hostname) < 0 ||
         take_string(&p, end, h.staging_len, &pl->staging) < 0 || !pl->staging)
         return -1;
+    if (h.filter_len % sizeof(struct sock_filter) != 0 ||
+        h.filter_len / sizeof(struct sock_filter) > BPF_MAXINSNS ||
+        (size_t)(end - p) < h.filter_len)
+        return -1;
+    pl->filter.len = (unsigned short)(h.filter_len / sizeof(struct sock_filter));
+    pl->filter.filter = NULL;
+    if (h.filter_len) {
+        pl->filter.filter = malloc(h.filter_len);   /* kept for the sandbox's life */
+        if (!pl->filter.filter)
+            return -1;
+        memcpy(pl->filter.filter, p, h.filter_len);
+        p += h.filter_len;
+    }
     pl->ops = calloc(h.n_ops ? h.n_ops : 1, sizeof *pl->ops);
     if (!pl->ops)
         return -1;
@@ -731,6 +752,13 @@ static void exec_command(const struct run_request *r, struct exec_status *st)
     umask(022);
 
     sigprocmask(SIG_SETMASK, &none, NULL);
+
+    /* seccomp last: nothing of ours runs under the filter but execve */
+    if (plan_filter.len) {
+        st->step = PS_STEP_SECCOMP;
+        if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &plan_filter) < 0)
+            goto fail;
+    }
     st->step = PS_STEP_EXEC;
     const char *file = r->argv[0];
     if (strchr(file, '/')) {
@@ -994,8 +1022,6 @@ static void sweep_unowned(void);
 static pid_t spare_pid = -1;
 static int spare_sock = -1;   /* init's end: the spare's "took run N" notice */
 
-static uint32_t plan_flags;
-static uint64_t plan_cap_bound;
 
 /* In the spare, before any request: the commands' bounding set, ambient
  * cleared.  The supervisor keeps its own permitted set (it may raise
@@ -1289,6 +1315,7 @@ int main(void)
     }
     plan_flags = pl.flags;
     plan_cap_bound = pl.cap_bound;
+    plan_filter = pl.filter;
     for (uint32_t i = 0; i < pl.n_ops; i++)
         if (pl.ops[i].src_fd >= 0)
             close(pl.ops[i].src_fd);

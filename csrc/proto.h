@@ -41,6 +41,7 @@ enum ps_step {
     PS_STEP_EXEC = 34,
     PS_STEP_RLIMIT = 35,
     PS_STEP_CAPS = 36,
+    PS_STEP_SECCOMP = 37,
 };
 
 /* Records sent by init and by the per-run supervisors. */
@@ -66,6 +67,7 @@ struct ps_record {
 
 /* The plan: one message, built once per sandbox by Python.
  *   struct ps_plan_hdr; hostname (hostname_len bytes, NUL included);
+ *   staging dir (staging_len, NUL included); seccomp filter (filter_len);
  *   n_ops x { struct ps_op_hdr; src; dst; data }  (each *_len counts the NUL,
  *   0 = absent). */
 #define PS_PLAN_MAGIC 0x31425350u /* "PSB1" */
@@ -82,7 +84,7 @@ struct ps_plan_hdr {
     uint32_t n_ops;
     uint32_t hostname_len;
     uint32_t staging_len;   /* staging directory (host view) for the root */
-    uint32_t reserved;
+    uint32_t filter_len;    /* seccomp filter (struct sock_filter[]), bytes */
     uint64_t cap_bound;     /* with PS_PLAN_CAPS: the commands' bounding set */
 };
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from ._caps import parse_capabilities
+from ._seccomp import validate_policy
 
 __all__ = ["Bind", "Tmpfs", "SandboxConfig", "parse_size", "parse_rlimits"]
 
@@ -208,9 +209,7 @@ class SandboxConfig:
                 raise ValueError(f"cpus must be a positive number, got {cpus}")
             cpus = float(cpus)
         rl = parse_rlimits(rlimits)
-        if seccomp not in ("default", None):
-            raise ValueError("seccomp must be 'default' or None (custom policies: "
-                             "not implemented yet)")
+        seccomp = validate_policy(seccomp)
         capabilities = parse_capabilities(capabilities)
         for what, v in (("memory", memory), ("pids", pids), ("cpus", cpus)):
             if v is not None:

@@ -9,6 +9,7 @@ from array import array
 from ._config import SandboxConfig
 from ._errors import SandboxError, setup_error
 from . import _plan
+from . import _seccomp
 from ._caps import cap_mask
 from . import _runner
 
@@ -143,7 +144,7 @@ cdef class Sandbox:
         self._cap_keep = cap_mask(cfg.capabilities)
         self._run_flags = _runner.RUN_CAPS | _runner.RUN_NO_NEW_PRIVS
         self._ops = _plan.build_ops(cfg)
-        plan = _plan.pack_plan(cfg, self._ops)
+        plan = _plan.pack_plan(cfg, self._ops, _seccomp.compile_filter(cfg.seccomp))
         self._lock = threading.Lock()
         self._run_ids = iter(range(1, 1 << 32))
         self._null_fd = null_fd()

@@ -37,6 +37,7 @@ STEP_NAMES = {
     34: "execve",
     35: "setrlimit",
     36: "drop capabilities",
+    37: "install the seccomp filter",
 }
 
 

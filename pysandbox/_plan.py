@@ -140,14 +140,14 @@ def staging_dir():
     raise FileNotFoundError(2, "no directory to stage the sandbox root in", "/tmp")
 
 
-def pack_plan(cfg, ops):
+def pack_plan(cfg, ops, seccomp_filter=b""):
     flags = PLAN_TIME_NS | PLAN_CAPS | (PLAN_LOOPBACK if cfg.network == "none" else 0)
     hostname = cfg.hostname.encode() + b"\0"
     staging = staging_dir().encode() + b"\0"
     body = b"".join(op.pack() for op in ops)
-    header = _HDR.pack(PLAN_MAGIC, flags, len(ops), len(hostname), len(staging), 0,
-                       cap_mask(cfg.capabilities))
-    return header + hostname + staging + body
+    header = _HDR.pack(PLAN_MAGIC, flags, len(ops), len(hostname), len(staging),
+                       len(seccomp_filter), cap_mask(cfg.capabilities))
+    return header + hostname + staging + seccomp_filter + body
 
 
 # --- identity -------------------------------------------------------------
