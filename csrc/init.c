@@ -71,7 +71,7 @@ static ssize_t recv_message(int fd, char **buf_out, int *fds, int max_fds,
 {
     union {
         struct cmsghdr h;
-        char b[CMSG_SPACE(sizeof(int) * 8)];
+        char b[CMSG_SPACE(sizeof(int) * (4 + PS_MAX_CGROUP_FDS))];
     } cbuf;
     struct msghdr msg;
     struct iovec iov;
@@ -676,6 +676,8 @@ struct run_request {
     char **argv;
     char **envp;
     int chan, in, out, err;
+    int cgroup_fds[PS_MAX_CGROUP_FDS];
+    int n_cgroup_fds;
 };
 
 struct exec_status {
@@ -696,6 +698,12 @@ static void exec_command(const struct run_request *r, struct exec_status *st)
 {
     sigset_t none;
     sigemptyset(&none);
+
+    /* the run's cgroups first: everything after is accounted there */
+    st->step = PS_STEP_CGROUP;
+    for (int i = 0; i < r->n_cgroup_fds; i++)
+        if (pwrite(r->cgroup_fds[i], "0\n", 2, 0) != 2)
+            goto fail;
 
     st->step = PS_STEP_STDIO;
     if (setsid() < 0)
@@ -922,6 +930,8 @@ static void supervise(struct run_request *r)
     close(r->in);
     close(r->out);
     close(r->err);
+    for (int i = 0; i < r->n_cgroup_fds; i++)
+        close(r->cgroup_fds[i]);
     if (st.err) {
         int status;
         while (waitpid(cmd, &status, 0) < 0 && errno == EINTR)
@@ -1047,7 +1057,7 @@ static int drop_bounding_set(void)
 static void spare_main(int sock)
 {
     char *buf = NULL;
-    int fds[4], n_fds = 0;
+    int fds[4 + PS_MAX_CGROUP_FDS], n_fds = 0;
     struct run_request r;
     ssize_t n;
 
@@ -1059,12 +1069,12 @@ static void spare_main(int sock)
     if (getppid() != 1)
         _exit(0); /* init died before the prctl */
     int cap_err = drop_bounding_set() < 0 ? errno : 0;
-    n = recv_message(RUNQ_FD, &buf, fds, 4, &n_fds);
+    n = recv_message(RUNQ_FD, &buf, fds, 4 + PS_MAX_CGROUP_FDS, &n_fds);
     if (n <= 0)
         _exit(0);
     close(RUNQ_FD);
     memset(&r, 0, sizeof r);
-    if (n_fds != 4 || parse_request(buf, (size_t)n, &r) < 0 || r.h.type != PS_REQ_RUN) {
+    if (n_fds < 4 || parse_request(buf, (size_t)n, &r) < 0 || r.h.type != PS_REQ_RUN) {
         if (n_fds >= 1)
             send_simple(fds[0], PS_REC_SPAWN_FAILED, PS_STEP_FORK, EINVAL, -1, 0);
         _exit(0);
@@ -1080,6 +1090,8 @@ static void spare_main(int sock)
     r.in = fds[1];
     r.out = fds[2];
     r.err = fds[3];
+    r.n_cgroup_fds = n_fds - 4;
+    memcpy(r.cgroup_fds, fds + 4, sizeof(int) * (size_t)r.n_cgroup_fds);
     supervise(&r);
 }
 
@@ -1139,8 +1151,8 @@ static void spare_took_run(void)
 static void fail_queued_run(int err)
 {
     char *buf = NULL;
-    int fds[4], n_fds = 0;
-    ssize_t n = recv_message(RUNQ_FD, &buf, fds, 4, &n_fds);
+    int fds[4 + PS_MAX_CGROUP_FDS], n_fds = 0;
+    ssize_t n = recv_message(RUNQ_FD, &buf, fds, 4 + PS_MAX_CGROUP_FDS, &n_fds);
     if (n > 0 && n_fds >= 1)
         send_simple(fds[0], PS_REC_SPAWN_FAILED, PS_STEP_FORK, err, -1, 0);
     for (int i = 0; i < n_fds; i++)

@@ -42,6 +42,7 @@ enum ps_step {
     PS_STEP_RLIMIT = 35,
     PS_STEP_CAPS = 36,
     PS_STEP_SECCOMP = 37,
+    PS_STEP_CGROUP = 38,
 };
 
 /* Records sent by init and by the per-run supervisors. */
@@ -123,7 +124,9 @@ struct ps_op_hdr {
 
 /* Requests from Python to init on the control socket. */
 enum ps_request_type {
-    PS_REQ_RUN = 1,     /* on the run queue; SCM_RIGHTS: channel, stdin, stdout, stderr */
+    PS_REQ_RUN = 1,     /* on the run queue; SCM_RIGHTS: channel, stdin, stdout,
+                           stderr, then up to PS_MAX_CGROUP_FDS cgroup.procs files
+                           the command joins ("0") before anything else */
     PS_REQ_SIGNAL = 2,  /* run_id, sig; flag PS_SIGNAL_TREE: kill the whole tree */
 };
 
@@ -159,6 +162,7 @@ struct ps_rlimit {
 
 /* init's fds: the control socket (plan, signals, parent death) and the run
  * queue (run requests, read by the spare supervisor) */
+#define PS_MAX_CGROUP_FDS 8
 #define PS_CTRL_FD 3
 #define PS_RUNQ_FD 4
 

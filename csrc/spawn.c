@@ -125,6 +125,22 @@ static int write_maps_from_parent(pid_t pid, const struct ps_spawn_args *a,
     return 0;
 }
 
+/* Put the child in the sandbox's cgroups before it runs anything. */
+static int join_cgroups_from_parent(pid_t pid, const struct ps_spawn_args *a,
+                                    struct ps_error *e)
+{
+    char num[32];
+    int len = snprintf(num, sizeof num, "%d\n", (int)pid);
+    for (int i = 0; i < a->n_cgroup_fds; i++) {
+        if (pwrite(a->cgroup_fds[i], num, (size_t)len, 0) != len) {
+            e->step = PS_STEP_CGROUP;
+            e->err = errno;
+            return -1;
+        }
+    }
+    return 0;
+}
+
 int ps_spawn_init_from_parent(const struct ps_spawn_args *a, pid_t *pid_out,
                               int *pidfd_out, struct ps_error *e)
 {
@@ -174,7 +190,7 @@ int ps_spawn_init_from_parent(const struct ps_spawn_args *a, pid_t *pid_out,
         return -1;
     }
 
-    if (write_maps_from_parent(pid, a, e) < 0) {
+    if (write_maps_from_parent(pid, a, e) < 0 || join_cgroups_from_parent(pid, a, e) < 0) {
         close(sync_pipe[1]); /* the child reads EOF and exits */
         close(err_pipe[0]);
         while (waitpid(pid, &status, __WALL) < 0 && errno == EINTR)

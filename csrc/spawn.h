@@ -21,6 +21,8 @@ struct ps_spawn_args {
     const char *uid_map;    /* written by the parent while the child waits */
     const char *gid_map;
     int deny_setgroups;
+    const int *cgroup_fds;  /* cgroup.procs files: the parent writes the pid */
+    int n_cgroup_fds;
 };
 
 /* Parent side: make the sealed executable copy of `path` (once per process). */

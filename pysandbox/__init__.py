@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 
 _SANDBOX_KWARGS = ("mounts", "read_only", "hostname", "network", "env", "cwd",
                    "user", "memory", "pids", "cpus", "rlimits", "seccomp",
-                   "capabilities")
+                   "capabilities", "cgroup_parent")
 
 
 def run(args, rootfs=None, **kwargs):

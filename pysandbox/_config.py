@@ -166,12 +166,14 @@ class SandboxConfig:
     rlimits: tuple = ()
     seccomp: object = "default"
     capabilities: object = None
+    cgroup_parent: Optional[str] = None
 
     @classmethod
     def from_kwargs(cls, rootfs=None, *, mounts=(), read_only=False,
                     hostname="sandbox", network="none", env=None, cwd="/",
                     user=None, memory=None, pids=None, cpus=None,
-                    rlimits=None, seccomp="default", capabilities=None):
+                    rlimits=None, seccomp="default", capabilities=None,
+                    cgroup_parent=None):
         if rootfs is not None:
             rootfs = _check_path_str(rootfs, "rootfs")
             if not os.path.exists(rootfs):
@@ -211,10 +213,9 @@ class SandboxConfig:
         rl = parse_rlimits(rlimits)
         seccomp = validate_policy(seccomp)
         capabilities = parse_capabilities(capabilities)
-        for what, v in (("memory", memory), ("pids", pids), ("cpus", cpus)):
-            if v is not None:
-                raise NotImplementedError(
-                    f"{what}= limits need the cgroup driver, which is not built yet; "
-                    "refusing rather than running without the limit")
+        if cgroup_parent is not None:
+            cgroup_parent = _check_path_str(cgroup_parent, "cgroup_parent")
+            if not os.path.isdir(cgroup_parent):
+                raise NotADirectoryError(20, "cgroup_parent is not a directory", cgroup_parent)
         return cls(rootfs, mounts, read_only, hostname, network, env, cwd,
-                   user, memory, pids, cpus, rl, seccomp, capabilities)
+                   user, memory, pids, cpus, rl, seccomp, capabilities, cgroup_parent)

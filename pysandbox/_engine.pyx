@@ -50,6 +50,8 @@ cdef extern from "spawn.h":
         const char *uid_map
         const char *gid_map
         int deny_setgroups
+        const int *cgroup_fds
+        int n_cgroup_fds
     int ps_seal_init_from_parent(const char *path, int *fd_out, ps_error *e) nogil
     int ps_spawn_init_from_parent(const ps_spawn_args *a, pid_t *pid_out,
                                   int *pidfd_out, ps_error *e) nogil
@@ -80,6 +82,21 @@ def sealed_init_fd():
         _init_fd = fd
         _init_owner = os.getpid()
         return fd
+
+
+_swept = False
+
+
+def _sweep_cgroups_once():
+    """The first cgroup sandbox of a process removes what dead owners left."""
+    global _swept
+    if not _swept:
+        _swept = True
+        from . import _cgroup
+        try:
+            _cgroup.sweep_orphans()
+        except OSError:
+            pass
 
 
 def null_fd():
@@ -128,6 +145,7 @@ cdef class Sandbox:
     cdef public int _null_fd
     cdef public unsigned long long _cap_keep
     cdef public int _run_flags
+    cdef public object _cgroup
     cdef object _owner
 
     def __cinit__(self):
@@ -148,7 +166,19 @@ cdef class Sandbox:
         self._lock = threading.Lock()
         self._run_ids = iter(range(1, 1 << 32))
         self._null_fd = null_fd()
-        self._open(plan)
+        self._cgroup = None
+        if cfg.memory is not None or cfg.pids is not None or cfg.cpus is not None:
+            from . import _cgroup
+            _sweep_cgroups_once()
+            self._cgroup = _cgroup.open_sandbox_cgroup(
+                memory=cfg.memory, pids=cfg.pids, cpus=cfg.cpus, parent=cfg.cgroup_parent)
+        try:
+            self._open(plan)
+        except BaseException:
+            if self._cgroup is not None:
+                self._cgroup.remove()
+                self._cgroup = None
+            raise
 
     def _open(self, bytes plan):
         cdef ps_spawn_args a
@@ -158,6 +188,8 @@ cdef class Sandbox:
         cdef bytes uid_map, gid_map
         cdef char *argv[2]
         cdef char *envp[1]
+        cdef int cg_fds[8]
+        cdef int n_cg = 0
         uid_map, gid_map, deny = _plan.id_maps()
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         runq, runq_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -175,6 +207,14 @@ cdef class Sandbox:
             a.uid_map = uid_map
             a.gid_map = gid_map
             a.deny_setgroups = deny
+            if self._cgroup is not None:
+                for fd in self._cgroup.procs_fds:
+                    if n_cg == 8:
+                        raise SandboxError("too many cgroup hierarchies")
+                    cg_fds[n_cg] = fd
+                    n_cg += 1
+            a.cgroup_fds = cg_fds
+            a.n_cgroup_fds = n_cg
             with nogil:
                 rc = ps_spawn_init_from_parent(&a, &pid, &pidfd, &e)
             if rc == 0:
@@ -252,6 +292,14 @@ cdef class Sandbox:
         """Start a command and return a Popen-like SandboxProcess."""
         return _runner.SandboxProcess(self, args, **kwargs)
 
+    def stats(self):
+        """The whole sandbox's accounting so far (cgroup figures: cpu_time,
+        max_memory, oom_killed, oom_kills, pids_peak, pids_current), or {}
+        when the sandbox has no cgroup (no limits were asked for)."""
+        if self._cgroup is None:
+            return {}
+        return self._cgroup.stats()
+
     @property
     def closed(self):
         return self._ctrl is None
@@ -281,6 +329,10 @@ cdef class Sandbox:
                 _kill_and_reap(pid, pidfd)
         elif pidfd >= 0:
             close(pidfd)
+        cg = self._cgroup
+        self._cgroup = None
+        if cg is not None and self._owner == os.getpid():
+            cg.remove()
 
     def __enter__(self):
         return self

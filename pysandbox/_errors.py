@@ -38,6 +38,7 @@ STEP_NAMES = {
     35: "setrlimit",
     36: "drop capabilities",
     37: "install the seccomp filter",
+    38: "join the cgroup",
 }
 
 

@@ -43,7 +43,7 @@ class SandboxResult(subprocess.CompletedProcess):
 
     def __init__(self, args, returncode, stdout=None, stderr=None, *,
                  wall_time=0.0, cpu_time=0.0, max_rss=0, timed_out=False,
-                 oom_killed=False, output_truncated=False):
+                 oom_killed=False, output_truncated=False, pids_peak=None):
         super().__init__(args, returncode, stdout, stderr)
         self.wall_time = wall_time
         self.cpu_time = cpu_time
@@ -51,6 +51,7 @@ class SandboxResult(subprocess.CompletedProcess):
         self.timed_out = timed_out
         self.oom_killed = oom_killed
         self.output_truncated = output_truncated
+        self.pids_peak = pids_peak
 
     def check_returncode(self):
         if self.returncode:
@@ -101,6 +102,8 @@ class SandboxProcess:
         self._exit_time = None
         self.timed_out = False
         self.pid = None
+        self._cg = None        # the run's cgroup, when the sandbox has limits
+        self._cgstats = None
         self._argv0 = None
         self._cwd = None
         if universal_newlines is not None:
@@ -142,8 +145,19 @@ class SandboxProcess:
                 b"\0".join(envl), b"\0" if envl else b"",
             ))
             self._start = time.monotonic() if _start is None else _start
-            sandbox._send(req, [to_close[-1], p2c, c2p, errwrite])
+            if sandbox._cgroup is not None:
+                self._cg = sandbox._cgroup.new_run()
+            fds = [to_close[-1], p2c, c2p, errwrite]
+            if self._cg is not None:
+                fds += self._cg.procs_fds
+            sandbox._send(req, fds)
+            if self._cg is not None:
+                self._cg.close_fds()
         except BaseException:
+            if self._cg is not None:
+                self._cg.close_fds()
+                self._cg.remove()
+                self._cg = None
             for fd in parent_ends:
                 try:
                     os.close(fd) if isinstance(fd, int) else fd.close()
@@ -281,6 +295,10 @@ class SandboxProcess:
             self._rusage = (rec[6], rec[7], rec[8])
         self._exit_time = time.monotonic()
         self._chan.close()
+        if self._cg is not None:
+            self._cgstats = self._cg.stats()
+            self._cg.remove()   # left to the sandbox if processes remain
+            self._cg = None
 
     def poll(self):
         if self.returncode is None:
@@ -316,6 +334,8 @@ class SandboxProcess:
         """SIGKILL the command and everything it started, setsid or not."""
         if self.returncode is None or self._chan_open():
             self._sandbox._signal(self.run_id, 0, SIGNAL_TREE)
+        if self._cg is not None:
+            self._cg.kill()
 
     def _chan_open(self):
         return self._chan is not None and self._chan.fileno() >= 0
@@ -470,11 +490,22 @@ class SandboxProcess:
     def _result(self, stdout, stderr, truncated):
         utime, stime, maxrss = self._rusage or (0, 0, 0)
         end = self._exit_time or time.monotonic()
+        cpu_time, max_rss = (utime + stime) / 1e6, maxrss * 1024
+        oom_killed, pids_peak = False, None
+        cg = self._cgstats
+        if cg:
+            # the cgroup sees the whole run, waited-for or not
+            if cg.get("cpu_time") is not None:
+                cpu_time = cg["cpu_time"]
+            if cg.get("max_memory") is not None:
+                max_rss = cg["max_memory"]
+            oom_killed = bool(cg.get("oom_killed"))
+            pids_peak = cg.get("pids_peak")
         return SandboxResult(self.args, self.returncode, stdout, stderr,
-                             wall_time=end - self._start,
-                             cpu_time=(utime + stime) / 1e6,
-                             max_rss=maxrss * 1024, timed_out=self.timed_out,
-                             output_truncated=truncated)
+                             wall_time=end - self._start, cpu_time=cpu_time,
+                             max_rss=max_rss, timed_out=self.timed_out,
+                             oom_killed=oom_killed, output_truncated=truncated,
+                             pids_peak=pids_peak)
 
 
 def run(sandbox, args, *, input=None, stdin=None, stdout=None, stderr=None,

@@ -58,7 +58,19 @@ def build_parser():
     r.add_argument("--cwd", default="/")
     r.add_argument("--user", default=None, help="uid, uid:gid or name inside")
     r.add_argument("--timeout", type=float, default=None, help="seconds")
-    r.add_argument("--rlimit", action="append", type=_kv, default=[], metavar="NAME=VALUE")
+    r.add_argument("--rlimit", action="append", type=_kv, default=[], metavar="NAME=VALUE",
+                   help="rlimit for the command, e.g. nofile=256, fsize=10M, cpu=2:3 (soft:hard)")
+    r.add_argument("--memory", help="memory limit (bytes, or 256M, 1G); needs a cgroup")
+    r.add_argument("--pids", type=int, help="process limit; needs a cgroup")
+    r.add_argument("--cpus", type=float, help="CPU limit in cores (0.5 = half a core); needs a cgroup")
+    r.add_argument("--cgroup-parent", help="cgroup directory to create the sandbox's cgroup in")
+    r.add_argument("--capability", action="append", default=None, metavar="NAME",
+                   help="capability the command keeps (repeatable; default: Docker's set)")
+    r.add_argument("--no-capabilities", action="store_true", help="drop every capability")
+    r.add_argument("--no-seccomp", action="store_true", help="no seccomp filter")
+    out = r.add_mutually_exclusive_group()
+    out.add_argument("--stats", action="store_true", help="print the run's statistics to stderr")
+    out.add_argument("--json", action="store_true", help="print the statistics as JSON to stderr")
     r.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD [ARG...]")
     return p
 
@@ -80,10 +92,13 @@ def main(argv=None):
     user = args.user
     if user is not None and user.isdigit():
         user = int(user)
+    caps = [] if args.no_capabilities else args.capability
     try:
         sb = Sandbox(args.rootfs, mounts=args.bind + args.tmpfs, read_only=args.read_only,
                      network=args.network, hostname=args.hostname, env=env, cwd=args.cwd,
-                     user=user, rlimits=rlimits)
+                     user=user, rlimits=rlimits, memory=args.memory, pids=args.pids,
+                     cpus=args.cpus, cgroup_parent=args.cgroup_parent, capabilities=caps,
+                     seccomp=None if args.no_seccomp else "default")
     except (OSError, ValueError, TypeError, NotImplementedError, SandboxError) as exc:
         print(f"pysandbox: {exc}", file=sys.stderr)
         return EXIT_SETUP
@@ -104,7 +119,30 @@ def main(argv=None):
             return EXIT_NOEXEC
         except KeyboardInterrupt:
             return 130
+    if args.stats or args.json:
+        _print_stats(r, args.json)
     return r.returncode if r.returncode >= 0 else 128 - r.returncode
+
+
+def _print_stats(r, as_json):
+    stats = {
+        "returncode": r.returncode,
+        "wall_time": round(r.wall_time, 6),
+        "cpu_time": round(r.cpu_time, 6),
+        "max_rss": r.max_rss,
+        "timed_out": r.timed_out,
+        "oom_killed": r.oom_killed,
+        "pids_peak": r.pids_peak,
+    }
+    if as_json:
+        import json
+        print(json.dumps(stats), file=sys.stderr)
+    else:
+        print(f"pysandbox: exit {r.returncode}, wall {r.wall_time * 1e3:.1f} ms, "
+              f"cpu {r.cpu_time * 1e3:.1f} ms, max rss {r.max_rss / 2**20:.1f} MiB"
+              + (", OOM-killed" if r.oom_killed else "")
+              + (f", pids peak {r.pids_peak}" if r.pids_peak is not None else ""),
+              file=sys.stderr)
 
 
 if __name__ == "__main__":
