@@ -5,8 +5,9 @@ from ._config import Bind, Tmpfs
 from ._engine import Sandbox
 from ._errors import CalledProcessError, SandboxError, SetupError, TimeoutExpired
 from ._runner import SandboxProcess, SandboxResult
+from ._pool import SandboxPool
 
-__all__ = ["Sandbox", "Bind", "Tmpfs", "run", "SandboxResult", "SandboxProcess",
+__all__ = ["Sandbox", "SandboxPool", "Bind", "Tmpfs", "run", "SandboxResult", "SandboxProcess",
            "SandboxError", "SetupError", "TimeoutExpired", "CalledProcessError",
            "PIPE", "STDOUT", "DEVNULL"]
 __version__ = "0.1.0"

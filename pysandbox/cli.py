@@ -44,6 +44,8 @@ def _rlimit_value(v):
 def build_parser():
     p = argparse.ArgumentParser(prog="pysandbox", description="Run commands in Linux containers.")
     sub = p.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("bench", help="compare spawn latency with subprocess and other runtimes "
+                   "(pysandbox bench --help)", add_help=False)
     r = sub.add_parser("run", help="run a command in a fresh sandbox",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     r.add_argument("--rootfs", help="root directory (default: a read-only view of the host's system dirs)")
@@ -77,6 +79,10 @@ def build_parser():
 
 def main(argv=None):
     from . import Sandbox, SandboxError, TimeoutExpired
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:
+        from .bench import main as bench_main
+        return bench_main(argv[1:])
     args = build_parser().parse_args(argv)
     command = args.command
     if command and command[0] == "--":
