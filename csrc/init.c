@@ -575,6 +575,10 @@ static int loopback_up(void)
     strcpy(ifr.ifr_name, "lo");
     if (ioctl(s, SIOCGIFFLAGS, &ifr) < 0)
         goto fail;
+    if (ifr.ifr_flags & IFF_UP) {
+        close(s); /* a pre-made namespace: already up */
+        return 0;
+    }
     ifr.ifr_flags |= IFF_UP | IFF_RUNNING;
     if (ioctl(s, SIOCSIFFLAGS, &ifr) < 0)
         goto fail;

@@ -1,6 +1,287 @@
-"""SandboxPool (stub: being written)."""
+"""SandboxPool: sandboxes built ahead of time, one fresh sandbox per checkout.
+
+    with SandboxPool(4, rootfs="/srv/rootfs") as pool:
+        with pool.sandbox() as s:          # ready at once (or waits for one)
+            s.run(["make", "test"], timeout=60)
+
+Building a sandbox (clone, mounts, pivot_root) costs a few milliseconds;
+running a command in an open one costs about what subprocess.run costs.  A
+pool moves the build off the caller's path: one background thread keeps
+`size` open sandboxes ready.  A sandbox is never reused: at check-in it is
+killed (its whole pid namespace dies at once) and the background thread
+reaps it and builds a replacement, so nothing a command did (files written
+to / or /tmp, processes left running, hostname, ...) can be seen by the
+next checkout.
+
+Errors: bad arguments raise at SandboxPool() (the first sandbox is built
+there, synchronously, so SetupError too).  A failure to build a
+replacement later is raised by the next pool.sandbox() call; the thread
+then tries again.
+"""
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import signal
+import sys
+import threading
+import time
+import weakref
+from collections import deque
+
+from ._engine import Sandbox
+from ._errors import SandboxError
+
+__all__ = ["SandboxPool", "PoolTimeout"]
+
+
+class PoolTimeout(SandboxError, TimeoutError):
+    """pool.sandbox(timeout=...) found no sandbox ready in time."""
+
+
+_live_pools = weakref.WeakSet()
+
+
+@atexit.register
+def _close_live_pools():
+    # at interpreter exit, before threads stop: a daemon thread woken during
+    # finalization never runs again, so joining it there would hang
+    for pool in list(_live_pools):
+        pool.close()
+
+
+class _State:
+    """What the refill thread shares with the pool.  The thread holds this,
+    not the pool, so an abandoned pool can still be garbage collected (its
+    __del__ closes it and stops the thread)."""
+
+    def __init__(self, size, rootfs, kwargs):
+        self.size = size
+        self.rootfs = rootfs
+        self.kwargs = kwargs
+        self.cond = threading.Condition(threading.Lock())
+        self.idle = deque()       # open sandboxes, ready to be checked out
+        self.dead = []            # killed at check-in, still to be reaped
+        self.error = None         # a refill failure, for the next checkout
+        self.closed = False
+        self.building = False
+
+
+def _refill(st):
+    """The refill thread: reap checked-in sandboxes, keep `size` ready."""
+    cond = st.cond
+    while True:
+        with cond:
+            while not st.closed and not st.dead and (
+                    st.error is not None or len(st.idle) >= st.size):
+                cond.wait()
+            dead, st.dead = st.dead, []
+            stop = st.closed
+            build = not stop and st.error is None and len(st.idle) < st.size
+            st.building = build
+        for s in dead:                   # off the checkout path: waitpid
+            _close_quietly(s)
+        if stop:
+            return
+        if not build:
+            continue
+        try:
+            s = Sandbox(st.rootfs, **st.kwargs)
+        except BaseException as exc:     # noqa: BLE001 -- handed to a caller
+            with cond:
+                st.building = False
+                st.error = exc
+                cond.notify_all()
+            continue
+        with cond:
+            st.building = False
+            if not st.closed:
+                st.idle.append(s)
+                s = None
+            cond.notify_all()
+        if s is not None:                # the pool was closed meanwhile
+            _close_quietly(s)
+            return
+
+
+def _close_quietly(s):
+    try:
+        s.close()
+    except Exception:                    # noqa: BLE001 -- close must go on
+        pass
 
 
 class SandboxPool:
-    def __init__(self, size, **sandbox_kwargs):
-        raise NotImplementedError("SandboxPool is being written")
+    """`size` pre-built sandboxes, all made with Sandbox(rootfs, **kwargs).
+
+    `pool.sandbox(timeout=None)` is a context manager giving a fresh,
+    never-used sandbox; at the end of the with-block that sandbox is killed
+    (everything running in it dies) and replaced in the background.
+    `pool.close()` (or leaving `with SandboxPool(...)`) closes the ready
+    sandboxes and stops the thread; sandboxes still checked out are closed
+    when their with-block ends."""
+
+    def __init__(self, size, rootfs=None, **sandbox_kwargs):
+        if isinstance(size, bool) or not isinstance(size, int):
+            raise TypeError(f"size must be an int, not {type(size).__name__}")
+        if size < 1:
+            raise ValueError(f"size must be at least 1, got {size}")
+        self._state = None
+        self._thread = None
+        self._owner = os.getpid()
+        first = Sandbox(rootfs, **sandbox_kwargs)   # raises config/setup errors here
+        st = _State(size, rootfs, sandbox_kwargs)
+        st.idle.append(first)
+        self._state = st
+        self._thread = threading.Thread(target=_refill, args=(st,), daemon=True,
+                                        name="pysandbox-pool-refill")
+        try:
+            self._thread.start()
+        except BaseException:
+            self._thread = None
+            self.close()
+            raise
+        _live_pools.add(self)
+
+    # -- checkout ----------------------------------------------------------
+    @property
+    def size(self):
+        return self._state.size
+
+    @property
+    def idle(self):
+        """How many sandboxes are ready right now."""
+        st = self._state
+        with st.cond:
+            return len(st.idle)
+
+    @property
+    def closed(self):
+        return self._state is None or self._state.closed
+
+    def _check_open(self):
+        if self._state is None or self._state.closed:
+            raise SandboxError("the pool is closed")
+        if os.getpid() != self._owner:
+            raise SandboxError("a SandboxPool cannot be used in a forked child")
+
+    def checkout(self, timeout=None):
+        """Take a ready sandbox (waiting up to `timeout` seconds for one).
+        The caller owns it and must close it; pool.sandbox() does that."""
+        self._check_open()
+        if timeout is not None:
+            if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+                raise TypeError(f"timeout must be a number, not {type(timeout).__name__}")
+            if not timeout >= 0:
+                raise ValueError(f"timeout must be a non-negative number, got {timeout}")
+            deadline = time.monotonic() + timeout
+        st = self._state
+        with st.cond:
+            while True:
+                if st.closed:
+                    raise SandboxError("the pool is closed")
+                if st.error is not None:
+                    exc, st.error = st.error, None
+                    st.cond.notify_all()          # the thread may try again
+                    raise exc
+                if st.idle:
+                    s = st.idle.popleft()
+                    st.cond.notify_all()          # below size: refill
+                    return s
+                if timeout is None:
+                    st.cond.wait()
+                else:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise PoolTimeout(f"no sandbox ready within {timeout} s "
+                                          f"(pool of {st.size})")
+                    st.cond.wait(left)
+
+    def checkin(self, s):
+        """End a checked-out sandbox: kill it now (its pid namespace dies
+        with its init) and let the refill thread reap it."""
+        st = self._state
+        pid = s.pid
+        if pid is not None and os.getpid() == self._owner:
+            # init is our unreaped child until close(): the pid is still its
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        with st.cond:
+            if not st.closed:
+                st.dead.append(s)
+                st.cond.notify_all()
+                return
+        s.close()                                 # pool closed: reap here
+
+    @contextlib.contextmanager
+    def sandbox(self, timeout=None):
+        """with pool.sandbox() as s: ... -- a fresh sandbox, ended on exit."""
+        s = self.checkout(timeout)
+        try:
+            yield s
+        finally:
+            self.checkin(s)
+
+    def wait_ready(self, timeout=None):
+        """Block until `size` sandboxes are ready and every checked-in one is
+        reaped; True, or False on timeout.  Raises a pending refill error."""
+        self._check_open()
+        st = self._state
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with st.cond:
+            while len(st.idle) < st.size or st.dead or st.building:
+                if st.closed:
+                    raise SandboxError("the pool is closed")
+                if st.error is not None:
+                    exc, st.error = st.error, None
+                    st.cond.notify_all()
+                    raise exc
+                if deadline is None:
+                    st.cond.wait()
+                else:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return False
+                    st.cond.wait(left)
+            return True
+
+    # -- end ---------------------------------------------------------------
+    def close(self):
+        """Stop the refill thread and close every sandbox the pool holds.
+        Idempotent."""
+        st = self._state
+        if st is None:
+            return
+        with st.cond:
+            st.closed = True
+            st.error = None
+            st.cond.notify_all()
+        t = self._thread
+        if (t is not None and t is not threading.current_thread() and t.is_alive()
+                and not sys.is_finalizing()):
+            t.join()
+        self._thread = None
+        with st.cond:
+            idle, st.idle = list(st.idle), deque()
+            dead, st.dead = st.dead, []
+        for s in idle + dead:
+            _close_quietly(s)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        if getattr(self, "_owner", None) == os.getpid():
+            self.close()
+
+    def __repr__(self):
+        st = self._state
+        if st is None or st.closed:
+            return "<SandboxPool closed>"
+        return f"<SandboxPool size={st.size} ready={len(st.idle)} rootfs={st.rootfs!r}>"

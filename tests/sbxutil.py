@@ -81,7 +81,18 @@ def init_pids(parent=None):
 
 
 def open_fds():
-    return sorted(int(fd) for fd in os.listdir("/proc/self/fd"))
+    """This process's fds, less the network namespaces that pysandbox's
+    pre-made namespace pool holds (a process-wide cache, filled by a
+    background thread at its own pace)."""
+    out = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}").startswith("net:["):
+                continue
+        except OSError:
+            continue   # the fd of the listing itself
+        out.append(int(fd))
+    return sorted(out)
 
 
 def child_pids():

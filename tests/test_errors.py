@@ -11,7 +11,7 @@ import pytest
 import pysandbox
 from pysandbox import Bind, Sandbox, SandboxError, SetupError, Tmpfs
 
-from sbxutil import child_pids, init_pids, tree_snapshot
+from sbxutil import child_pids, init_pids, open_fds, tree_snapshot
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -194,10 +194,10 @@ TOUCH = ["touch", "/tmp/ran"]
     (None, {}, TypeError),
 ])
 def test_bad_run_arguments_run_nothing(tiny, args, kwargs, exc):
-    fds = sorted(os.listdir("/proc/self/fd"))
+    fds = open_fds()
     with pytest.raises(exc):
         tiny.run(args, **kwargs)
-    assert sorted(os.listdir("/proc/self/fd")) == fds
+    assert open_fds() == fds
     assert not _ran(tiny), "the command ran despite the error"
     assert tiny.run(TOUCH).returncode == 0   # the sandbox still works
     assert _ran(tiny)
@@ -310,14 +310,14 @@ def test_run_on_closed_sandbox(rootfs, no_leaks):
     assert not s.closed
     s.close()
     assert s.closed
-    fds = sorted(os.listdir("/proc/self/fd"))
+    fds = open_fds()
     with pytest.raises(SandboxError):
         s.run(["true"])
     with pytest.raises(SandboxError):
         s.popen(["true"], stdout=subprocess.PIPE)
     with pytest.raises(SandboxError):
         s.run(["cat"], input=b"x", capture_output=True)
-    assert sorted(os.listdir("/proc/self/fd")) == fds
+    assert open_fds() == fds
     s.close()   # idempotent
     assert s.closed
 
@@ -383,10 +383,10 @@ def test_setup_error_on_default_root(unchanged, no_leaks):
 
 
 def test_setup_errors_repeated_do_not_accumulate(rootfs, unchanged, no_leaks):
-    fds = sorted(os.listdir("/proc/self/fd"))
+    fds = open_fds()
     for _ in range(10):
         with pytest.raises(SetupError):
             Sandbox(rootfs, mounts=[Tmpfs("/canary/x")])
-    assert sorted(os.listdir("/proc/self/fd")) == fds
+    assert open_fds() == fds
     with Sandbox(rootfs) as s:   # and a good one still builds
         assert s.run(["cat", "/canary"], capture_output=True).stdout == b"original\n"

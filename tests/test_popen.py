@@ -5,6 +5,7 @@ import signal
 import subprocess
 
 import pytest
+from sbxutil import open_fds
 
 import pysandbox
 from pysandbox import DEVNULL, PIPE, STDOUT, Sandbox
@@ -334,7 +335,7 @@ def test_close_sandbox_ends_popen(rootfs):
 def test_popen_fds_closed_after_wait(tiny):
     import gc
     gc.collect()
-    before = sorted(os.listdir("/proc/self/fd"))
+    before = open_fds()
     for _ in range(5):
         p = tiny.popen(["cat"], stdin=PIPE, stdout=PIPE, stderr=PIPE)
         p.communicate(b"x", timeout=30)
@@ -342,4 +343,4 @@ def test_popen_fds_closed_after_wait(tiny):
         p.wait(timeout=30)
     del p
     gc.collect()
-    assert sorted(os.listdir("/proc/self/fd")) == before
+    assert open_fds() == before

@@ -9,6 +9,7 @@ import subprocess
 import threading
 
 import pytest
+from sbxutil import open_fds
 
 import pysandbox
 from pysandbox import DEVNULL, PIPE, STDOUT, Sandbox
@@ -210,11 +211,11 @@ def test_stdio_file_objects(tiny, tmp_path):
 
 
 def test_stdio_fds_do_not_leak_into_parent(tiny, tmp_path):
-    before = sorted(os.listdir("/proc/self/fd"))
+    before = open_fds()
     for _ in range(5):
         tiny.run(["cat"], input=b"x", capture_output=True)
         tiny.run(["true"], stdout=DEVNULL, stderr=DEVNULL, stdin=DEVNULL)
-    assert sorted(os.listdir("/proc/self/fd")) == before
+    assert open_fds() == before
 
 
 def test_only_stdio_fds_inside(tiny, tmp_path):

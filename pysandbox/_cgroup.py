@@ -1,0 +1,1116 @@
+"""Cgroup driver (parent side): one cgroup per sandbox, a child per run.
+
+The sandbox cgroup is created BELOW the calling process's own cgroup (read
+from /proc/self/cgroup) in every hierarchy that carries something pysandbox
+uses, on cgroup v1, v2, or a hybrid of both (v1 controllers plus a unified
+tree).  The caller is never moved; only processes we are handed are.
+
+Everything that differs between v1 and v2 is DATA: the two `_Version` tables
+below say which controller each limit and statistic lives in, the file names,
+the value formats, how to kill and how to freeze.  The code that creates,
+limits, measures, kills and removes is written once and reads the tables
+(the same idea as crun's cgroup-resources.c).  For every resource the
+hierarchy is chosen by what actually has the controller: v2 when the unified
+tree offers it, else the v1 hierarchy that has it.
+
+Layout (NAME = pysandbox-<creator pid>-<counter>):
+
+    <caller's cgroup>/NAME            limits live here; stats of the whole sandbox
+    <caller's cgroup>/NAME/init       v2 only: the init's leaf (v2's "no internal
+                                      processes" rule: NAME itself must stay empty
+                                      for its controllers to reach the runs)
+    <caller's cgroup>/NAME/run-N      one per run: per-run stats and kill
+
+Facts about the kernels this was written against (Debian 12 VM, 6.x, v1
+controllers + a hugetlb-only cgroup2 tree at /sys/fs/cgroup/unified):
+
+- v1 memory: memory.limit_in_bytes; memory.memsw.limit_in_bytes exists
+  (swap accounting compiled in), so memory+swap is capped to the same value
+  and swap cannot be used to exceed the limit.  Where memsw is missing and
+  swap is active, memory.swappiness=0 keeps the cgroup's own reclaim from
+  swapping; where memsw is missing and there is no swap (/proc/swaps empty),
+  the RAM limit alone is the whole limit.  memory.use_hierarchy is always 1
+  on 6.x (it is written on old kernels that default to 0).
+  Peak: memory.max_usage_in_bytes.  OOM kills: the `oom_kill` line of
+  memory.oom_control, which v1 counts in the cgroup of the VICTIM only (not
+  in the ancestor whose limit was hit), so it is summed over the subtree.
+- v2 memory: memory.max, memory.swap.max=0, memory.peak, memory.events
+  `oom_kill` (hierarchical).
+- pids (both): pids.max, pids.current, pids.peak (v1 has it too on 6.x).
+- cpu: v1 cpu.cfs_period_us + cpu.cfs_quota_us, v2 cpu.max "quota period".
+  CPU time: v1 cpuacct.usage (ns, user+sys), v2 cpu.stat usage_usec, which
+  every v2 cgroup has even without the cpu controller.
+- kill: v2 cgroup.kill (5.14+); otherwise freeze (v1 freezer.state, v2
+  cgroup.freeze), SIGKILL every pid in the subtree, thaw; loop until empty.
+"""
+from __future__ import annotations
+
+import errno
+import itertools
+import math
+import os
+import re
+import select
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+from ._errors import SetupError
+
+__all__ = ["open_sandbox_cgroup", "SandboxCgroup", "RunCgroup", "sweep_orphans", "available"]
+
+# --------------------------------------------------------------------------
+# The tables
+# --------------------------------------------------------------------------
+
+CORE = ""  # v2 core files: in every non-root cgroup, no controller needed
+
+
+@dataclass(frozen=True)
+class _Write:
+    """A file written to set a limit.  `fmt` is formatted with the limit's
+    values: {bytes}, {pids}, {quota}, {period}."""
+    controller: str
+    file: str
+    fmt: str
+    # "always": the file must exist.  "if_swap": needed only while swap is
+    # active (a kernel without swap accounting and without swap has nothing
+    # to cap).  "if_old": written only when it does not already read `fmt`.
+    need: str = "always"
+    alt: Optional["_Write"] = None  # tried when `file` is missing but needed
+
+
+@dataclass(frozen=True)
+class _Stat:
+    controller: str
+    file: str
+    key: Optional[str] = None   # "name value" lines; None: the file is one number
+    scale: float = 1            # 1e-9: ns -> s, 1e-6: us -> s; 1: int as is
+    subtree: bool = False       # a per-cgroup counter: sum it over the subtree
+
+
+@dataclass(frozen=True)
+class _Freeze:
+    controller: str
+    file: str
+    frozen: str
+    thawed: str
+    state_file: str
+    state_key: Optional[str]
+    state_frozen: str
+
+
+@dataclass(frozen=True)
+class _Version:
+    version: int
+    limits: dict          # limit name -> tuple of _Write
+    ensure: tuple         # _Write applied at creation (need="if_old")
+    stats: dict           # stat name -> _Stat
+    kill: Optional[tuple]  # (controller, file, value): kill the whole subtree at once
+    freeze: Optional[_Freeze]
+    init_leaf: Optional[str]   # where the sandbox's own processes go
+    delegates: bool       # controllers must be enabled in the parent's cgroup.subtree_control
+
+
+_V1 = _Version(
+    version=1,
+    limits={
+        "memory": (
+            _Write("memory", "memory.limit_in_bytes", "{bytes}"),
+            # memsw caps RAM+swap: must be written after limit_in_bytes
+            # (the kernel wants memsw >= limit).  Without memsw and with swap
+            # active, swappiness=0 stops this cgroup's reclaim from swapping.
+            _Write("memory", "memory.memsw.limit_in_bytes", "{bytes}", need="if_swap",
+                   alt=_Write("memory", "memory.swappiness", "0")),
+        ),
+        "pids": (_Write("pids", "pids.max", "{pids}"),),
+        "cpus": (_Write("cpu", "cpu.cfs_period_us", "{period}"),
+                 _Write("cpu", "cpu.cfs_quota_us", "{quota}")),
+    },
+    ensure=(_Write("memory", "memory.use_hierarchy", "1", need="if_old"),),
+    stats={
+        "cpu_time": _Stat("cpuacct", "cpuacct.usage", scale=1e-9),
+        "max_memory": _Stat("memory", "memory.max_usage_in_bytes"),
+        "oom_kills": _Stat("memory", "memory.oom_control", key="oom_kill", subtree=True),
+        "pids_peak": _Stat("pids", "pids.peak"),
+        "pids_current": _Stat("pids", "pids.current"),
+    },
+    kill=None,
+    freeze=_Freeze("freezer", "freezer.state", "FROZEN", "THAWED",
+                   "freezer.state", None, "FROZEN"),
+    init_leaf=None,
+    delegates=False,
+)
+
+_V2 = _Version(
+    version=2,
+    limits={
+        "memory": (
+            _Write("memory", "memory.max", "{bytes}"),
+            # no swap for the sandbox: memory= is the whole budget
+            _Write("memory", "memory.swap.max", "0", need="if_swap"),
+        ),
+        "pids": (_Write("pids", "pids.max", "{pids}"),),
+        "cpus": (_Write("cpu", "cpu.max", "{quota} {period}"),),
+    },
+    ensure=(),
+    stats={
+        "cpu_time": _Stat(CORE, "cpu.stat", key="usage_usec", scale=1e-6),
+        "max_memory": _Stat("memory", "memory.peak"),
+        "oom_kills": _Stat("memory", "memory.events", key="oom_kill"),
+        "pids_peak": _Stat("pids", "pids.peak"),
+        "pids_current": _Stat("pids", "pids.current"),
+    },
+    kill=(CORE, "cgroup.kill", "1"),
+    freeze=_Freeze(CORE, "cgroup.freeze", "1", "0", "cgroup.events", "frozen", "1"),
+    init_leaf="init",
+    delegates=True,
+)
+
+_TABLES = {2: _V2, 1: _V1}
+_PREFERENCE = (2, 1)             # per resource: v2 when it has the controller
+_STAT_KEYS = ("cpu_time", "max_memory", "oom_kills", "pids_peak", "pids_current")
+# v1 hierarchies worth a cgroup even when no limit needs them (stats, kill)
+_USEFUL_V1 = frozenset(["memory", "pids", "cpu", "cpuacct", "freezer"])
+# v2 controllers enabled for the runs when the sandbox cgroup has them
+_USEFUL_V2 = ("memory", "pids", "cpu")
+_LIMIT_STEP = {"memory": "cgroup memory limit", "pids": "cgroup pids limit",
+               "cpus": "cgroup cpu limit"}
+_CFS_PERIOD = 100_000       # us
+_CFS_MIN_QUOTA = 1_000      # us, the kernel's minimum
+_CFS_MAX_PERIOD = 1_000_000
+
+_NAME_RE = re.compile(r"^pysandbox-(\d+)-(\d+)$")
+_counter = itertools.count()
+_KILL_TIMEOUT = 5.0
+
+# --------------------------------------------------------------------------
+# Small file helpers
+# --------------------------------------------------------------------------
+
+
+def _read(path):
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks = []
+        while True:
+            b = os.read(fd, 65536)
+            if not b:
+                break
+            chunks.append(b)
+        return b"".join(chunks).decode()
+    finally:
+        os.close(fd)
+
+
+def _write(path, value):
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, value.encode())
+    finally:
+        os.close(fd)
+
+
+def _keyed(text, key):
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0] == key:
+            return parts[1]
+    return None
+
+
+def _swap_active():
+    try:
+        with open("/proc/swaps") as f:
+            return len(f.read().strip().splitlines()) > 1
+    except OSError:
+        return False
+
+
+def _unescape(s):
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), s)
+
+
+# --------------------------------------------------------------------------
+# Hierarchies the caller is in
+# --------------------------------------------------------------------------
+
+
+class _Hier:
+    """One mounted hierarchy and where the sandbox cgroups go in it."""
+
+    __slots__ = ("version", "label", "controllers", "mount", "root", "base", "base_cg")
+
+    def __init__(self, version, label, controllers, mount, root, base_cg):
+        self.version = version
+        self.label = label              # "memory", "cpu,cpuacct", "unified"
+        self.controllers = controllers  # v1: the hierarchy's; v2: filled from cgroup.controllers
+        self.mount = mount
+        self.root = root                # the mount's root inside the hierarchy
+        self.base_cg = base_cg          # cgroup path (as in /proc/self/cgroup) of the parent
+        base = self.dir_of(base_cg)
+        self.base = os.path.normpath(base) if base is not None else None
+
+    @property
+    def table(self):
+        return _TABLES[self.version]
+
+    def dir_of(self, cg):
+        """Filesystem path of cgroup path `cg`, or None when this mount does
+        not show it."""
+        root = self.root.rstrip("/")
+        if cg != root and not cg.startswith(root + "/"):
+            return None
+        return self.mount + cg[len(root):] if root else self.mount + cg
+
+    def can_delegate(self, controller):
+        """v2: can `controller` reach the children of base?  It can when it is
+        already in base's cgroup.subtree_control, or when base may enable it
+        (the hierarchy's root, or a cgroup holding no process)."""
+        if self.version == 1 or controller == CORE:
+            return self.offers(controller)
+        if controller not in self.controllers:
+            return False
+        try:
+            if controller in _read(self.base + "/cgroup.subtree_control").split():
+                return True
+            if self.base_cg == self.root or self.base_cg == "/":
+                return True
+            return not _read(self.base + "/cgroup.procs").split()
+        except OSError:
+            return False
+
+    def cg_of(self, path):
+        """Cgroup path (as /proc/PID/cgroup shows it) of directory `path`."""
+        rel = path[len(self.mount):]
+        return (self.root.rstrip("/") + rel) or "/"
+
+    def offers(self, controller):
+        """Can a child of base have `controller`?"""
+        if self.version == 1:
+            return controller in self.controllers
+        return controller == CORE or controller in self.controllers
+
+    def __repr__(self):
+        return f"<cgroup v{self.version} {self.label} at {self.base}>"
+
+
+def _mounts():
+    out = []  # (fstype, superopts set, root, mountpoint)
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            left, _, right = line.partition(" - ")
+            lf, rf = left.split(), right.split()
+            if len(rf) < 3 or rf[0] not in ("cgroup", "cgroup2"):
+                continue
+            out.append((rf[0], set(rf[2].split(",")), _unescape(lf[3]), _unescape(lf[4])))
+    return out
+
+
+def _resolve_parent(parent, mounts):
+    """parent -> (absolute cgroup path or None, relative path or None)."""
+    if parent is None:
+        return None, None
+    p = os.fsdecode(os.fspath(parent))
+    if "\0" in p:
+        raise ValueError("cgroup parent contains a NUL byte")
+    if not p.startswith("/"):
+        parts = [x for x in p.split("/") if x not in ("", ".")]
+        if ".." in parts:
+            raise ValueError(f"cgroup parent may not contain '..': {p!r}")
+        return None, "/".join(parts)
+    p = os.path.normpath(p)
+    for _fstype, _opts, root, mnt in sorted(mounts, key=lambda m: -len(m[3])):
+        if p == mnt or p.startswith(mnt.rstrip("/") + "/"):
+            rel = p[len(mnt):]
+            return (root.rstrip("/") + rel) or "/", None
+    return p, None
+
+
+def _hierarchies(parent=None, versions=_PREFERENCE):
+    """Every hierarchy the caller is in, with base = where to create."""
+    mounts = _mounts()
+    abs_cg, rel = _resolve_parent(parent, mounts)
+    out = []
+    with open("/proc/self/cgroup") as f:
+        lines = f.read().splitlines()
+    for line in lines:
+        hid, ctrls, path = line.split(":", 2)
+        if hid == "0" and ctrls == "":
+            version, want = 2, None
+        else:
+            version = 1
+            want = set(ctrls.split(","))
+            if not want & _USEFUL_V1:
+                continue  # cpuset, devices, blkio, name=systemd...
+        if version not in versions:
+            continue
+        if abs_cg is not None:
+            base_cg = abs_cg
+        elif rel:
+            base_cg = path.rstrip("/") + "/" + rel
+        else:
+            base_cg = path
+        for fstype, opts, root, mnt in mounts:
+            if version == 2 and fstype != "cgroup2":
+                continue
+            if version == 1 and (fstype != "cgroup" or not want <= opts):
+                continue
+            h = _Hier(version, "unified" if version == 2 else ctrls,
+                      frozenset(want) if version == 1 else frozenset(), mnt, root, base_cg)
+            if h.base is None:
+                continue
+            if version == 2:
+                try:
+                    h.controllers = frozenset(_read(h.base + "/cgroup.controllers").split())
+                except OSError:
+                    h.controllers = frozenset()
+            out.append(h)
+            break
+    return out
+
+
+# --------------------------------------------------------------------------
+# Error messages: why, and what to do
+# --------------------------------------------------------------------------
+
+
+def _advice(err, path):
+    uid = os.geteuid()
+    if err in (errno.EACCES, errno.EPERM):
+        return (f"uid {uid} may not create or write cgroups here: cgroup limits need root, "
+                "or a cgroup delegated to this user (systemd-run --user --scope "
+                "-p Delegate=yes ..., or a cgroup directory chowned to the user) given "
+                "as the cgroup parent")
+    if err == errno.EROFS:
+        return ("the cgroup filesystem is mounted read-only (a container without cgroup "
+                "delegation): mount it read-write or give the container a delegated cgroup")
+    if err == errno.ENOENT:
+        return "the parent cgroup does not exist: check the cgroup parent"
+    if err in (errno.ENOSPC, errno.EAGAIN):
+        return ("cgroup.max.descendants or cgroup.max.depth was reached, or the kernel "
+                "ran out of cgroup ids: close other sandboxes or raise the limit")
+    return "the kernel refused"
+
+
+def _error(err, step, path, detail):
+    return SetupError(err, step, path, detail)
+
+
+# --------------------------------------------------------------------------
+# A cgroup in every hierarchy
+# --------------------------------------------------------------------------
+
+
+def _subdirs_bottom_up(d):
+    out = []
+    for dirpath, dirnames, _ in os.walk(d, topdown=False):
+        out.extend(os.path.join(dirpath, x) for x in dirnames)
+    return out
+
+
+def _walk(d):
+    yield d
+    for dirpath, dirnames, _ in os.walk(d):
+        for x in dirnames:
+            yield os.path.join(dirpath, x)
+
+
+def _pids_in(h, d):
+    """(pid, cgroup path) of every process in d's subtree, or [] if gone.
+    A pid of 0 (a process outside our pid namespace) is kept: it makes the
+    group 'not empty' but cannot be signalled from here."""
+    out = []
+    try:
+        for dd in _walk(d):
+            try:
+                text = _read(dd + "/cgroup.procs")
+            except FileNotFoundError:
+                continue
+            cg = h.cg_of(dd)
+            out.extend((int(x), cg) for x in text.split())
+    except OSError:
+        pass
+    return out
+
+
+def _member_path(pid, h):
+    """The cgroup path of `pid` in hierarchy h, from /proc/PID/cgroup."""
+    with open(f"/proc/{pid}/cgroup") as f:
+        for line in f:
+            hid, ctrls, path = line.rstrip("\n").split(":", 2)
+            if h.version == 2 and hid == "0" and ctrls == "":
+                return path
+            if h.version == 1 and ctrls == h.label:
+                return path
+    return None
+
+
+def _sigkill_member(pid, h, cg):
+    """SIGKILL pid only if it is (still) in cgroup cg: the pidfd pins the
+    process, so a recycled pid can never be hit."""
+    if pid <= 0:
+        return
+    try:
+        pidfd = os.pidfd_open(pid)
+    except (ProcessLookupError, OSError):
+        return
+    try:
+        try:
+            path = _member_path(pid, h)
+        except OSError:
+            return
+        # if the pidfd is readable the process exited and /proc/PID may
+        # already be someone else: do nothing
+        if select.select([pidfd], [], [], 0)[0]:
+            return
+        if path is None or not (path == cg or path.startswith(cg.rstrip("/") + "/")):
+            return
+        try:
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    finally:
+        os.close(pidfd)
+
+
+class _Group:
+    """The same-named cgroup in several hierarchies: {hierarchy: dir}."""
+
+    def __init__(self, dirs):
+        self._dirs = dict(dirs)   # _Hier -> directory
+
+    @property
+    def paths(self):
+        """{hierarchy label: directory}."""
+        return {h.label: d for h, d in self._dirs.items()}
+
+    # ---- stats ----------------------------------------------------------
+
+    def _stat_source(self, key, versions=_PREFERENCE):
+        for v in versions:
+            for h, d in self._dirs.items():
+                if h.version != v:
+                    continue
+                spec = h.table.stats.get(key)
+                if spec is None or not h.offers(spec.controller):
+                    continue
+                if os.path.exists(os.path.join(d, spec.file)):
+                    return spec, d
+        return None, None
+
+    def _stat(self, key, versions=_PREFERENCE):
+        spec, d = self._stat_source(key, versions)
+        if spec is None:
+            return None
+        total = 0
+        try:
+            for dd in (_walk(d) if spec.subtree else (d,)):
+                text = _read(os.path.join(dd, spec.file))
+                val = _keyed(text, spec.key) if spec.key else text.strip()
+                if val is None or val == "max":
+                    return None
+                total += int(val)
+        except (OSError, ValueError):
+            return None
+        return total * spec.scale if spec.scale != 1 else total
+
+    def stats(self):
+        out = {k: self._stat(k) for k in _STAT_KEYS}
+        out["oom_kills"] = out["oom_kills"] or 0
+        out["oom_killed"] = out["oom_kills"] > 0
+        return out
+
+    # ---- processes ------------------------------------------------------
+
+    def _pids(self, versions=_PREFERENCE):
+        out = []
+        for h, d in self._dirs.items():
+            if h.version in versions:
+                out.extend((pid, h, cg) for pid, cg in _pids_in(h, d))
+        return out
+
+    def _freeze(self, versions, frozen):
+        """Freeze (or thaw) in every hierarchy that can; returns the list of
+        (file, state_file, spec) frozen."""
+        done = []
+        for h, d in self._dirs.items():
+            fz = h.table.freeze
+            if h.version not in versions or fz is None or not h.offers(fz.controller):
+                continue
+            path = os.path.join(d, fz.file)
+            try:
+                _write(path, fz.frozen if frozen else fz.thawed)
+            except OSError:
+                continue
+            done.append((d, fz))
+        if frozen and done:  # wait (briefly) for FREEZING -> FROZEN
+            deadline = time.monotonic() + 0.2
+            for d, fz in done:
+                while time.monotonic() < deadline:
+                    try:
+                        text = _read(os.path.join(d, fz.state_file))
+                    except OSError:
+                        break
+                    state = _keyed(text, fz.state_key) if fz.state_key else text.strip()
+                    if state == fz.state_frozen:
+                        break
+                    time.sleep(0.001)
+        return done
+
+    def _kill(self, timeout=_KILL_TIMEOUT, versions=_PREFERENCE):
+        """SIGKILL every process in the subtree, in every hierarchy, until
+        none is left or `timeout` passes.  Returns True when empty."""
+        killers = []
+        for h, d in self._dirs.items():
+            k = h.table.kill
+            if h.version in versions and k is not None and h.offers(k[0]) \
+                    and os.path.exists(os.path.join(d, k[1])):
+                killers.append((os.path.join(d, k[1]), k[2]))
+        deadline = time.monotonic() + timeout
+        delay = 0.0005
+        while True:
+            for path, value in killers:
+                try:
+                    _write(path, value)
+                except OSError:
+                    pass
+            procs = self._pids()
+            if not procs:
+                return True
+            if time.monotonic() > deadline:
+                return False
+            if not killers or delay > 0.004:
+                # freeze so that nothing forks while we list and signal;
+                # killed frozen tasks die when thawed
+                frozen = self._freeze(versions, True)
+                try:
+                    for pid, h, cg in self._pids():
+                        _sigkill_member(pid, h, cg)
+                finally:
+                    for d, fz in frozen:
+                        try:
+                            _write(os.path.join(d, fz.file), fz.thawed)
+                        except OSError:
+                            pass
+            time.sleep(delay)
+            delay = min(delay * 2, 0.02)
+
+    def _rmdir_all(self, deadline):
+        """rmdir the subtree bottom-up in every hierarchy; retried while
+        processes are still leaving.  Returns the first directory that could
+        not be removed (and its errno), or None."""
+        while True:
+            failed = None
+            for h, d in self._dirs.items():
+                for p in _subdirs_bottom_up(d) + [d]:
+                    try:
+                        os.rmdir(p)
+                    except FileNotFoundError:
+                        pass
+                    except OSError as e:
+                        failed = failed or (p, e.errno)
+            if failed is None or time.monotonic() > deadline:
+                return failed
+            self._kill(timeout=max(0.0, deadline - time.monotonic()))
+            time.sleep(0.005)
+
+
+def _open_procs(dirs):
+    fds = []
+    try:
+        for d in dirs:
+            fds.append(os.open(os.path.join(d, "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC))
+    except OSError:
+        for fd in fds:
+            os.close(fd)
+        raise
+    return fds
+
+
+class RunCgroup(_Group):
+    """The cgroup of one run ("run-N") in every hierarchy of its sandbox.
+
+    `procs_fds`: cgroup.procs of the run cgroup in each hierarchy, opened
+    O_WRONLY|O_CLOEXEC.  The command writes "0" to each before exec (the
+    open-time credentials and cgroup namespace of the fd are what the kernel
+    checks, so this works from inside the sandbox's user namespace)."""
+
+    def __init__(self, sandbox, name, dirs):
+        super().__init__(dirs)
+        self.name = name
+        self._sandbox = sandbox
+        self.procs_fds = []
+        self.procs_fds = _open_procs(self._dirs.values())
+
+    def kill(self):
+        """SIGKILL every process of the run (its whole tree, setsid and
+        double-forked children included).  v2: cgroup.kill; v1: freeze,
+        kill, thaw, until empty.  Bounded; returns True when empty."""
+        return self._kill()
+
+    def close_fds(self):
+        fds, self.procs_fds = self.procs_fds, []
+        for fd in fds:
+            os.close(fd)
+
+    def remove(self):
+        """rmdir when empty; if processes remain it is left for
+        SandboxCgroup.remove (which kills them)."""
+        self.close_fds()
+        for h, d in self._dirs.items():
+            for p in _subdirs_bottom_up(d) + [d]:
+                try:
+                    os.rmdir(p)
+                except OSError:
+                    pass
+        self._sandbox._forget(self)
+
+    def __repr__(self):
+        return f"<RunCgroup {self.name} {sorted(self.paths.values())}>"
+
+
+class SandboxCgroup(_Group):
+    """The sandbox's cgroup in every hierarchy it needs (see open_sandbox_cgroup).
+
+    `procs_fds`: cgroup.procs (v2: of the `init` leaf) in each hierarchy,
+    O_WRONLY|O_CLOEXEC: write the init's pid to each (or call add_pid)."""
+
+    def __init__(self, name, dirs, limits):
+        super().__init__(dirs)
+        self.name = name
+        self.limits = limits    # {"memory": bytes, "pids": n, "cpus": x} as applied
+        self._lock = threading.Lock()
+        self._runs = []
+        self._run_counter = itertools.count(1)
+        self._removed = False
+        self.procs_fds = []
+        self.procs_fds = _open_procs(self._init_dirs())
+
+    def _init_dirs(self):
+        out = []
+        for h, d in self._dirs.items():
+            leaf = h.table.init_leaf
+            out.append(os.path.join(d, leaf) if leaf else d)
+        return out
+
+    def add_pid(self, pid):
+        """Move process `pid` (its whole thread group) into the sandbox cgroup
+        in every hierarchy."""
+        data = str(int(pid)).encode()
+        for fd, d in zip(self.procs_fds, self._init_dirs()):
+            try:
+                os.write(fd, data)
+            except OSError as e:
+                raise _error(e.errno, "cgroup add process", os.path.join(d, "cgroup.procs"),
+                             f"could not move pid {pid} into the sandbox cgroup") from None
+
+    def new_run(self):
+        """A child cgroup "run-N" in every hierarchy."""
+        with self._lock:
+            if self._removed:
+                raise ValueError("the sandbox cgroup was removed")
+            name = f"run-{next(self._run_counter)}"
+            made = {}
+            try:
+                for h, d in self._dirs.items():
+                    p = os.path.join(d, name)
+                    os.mkdir(p)
+                    made[h] = p
+                run = RunCgroup(self, name, made)
+            except OSError as e:
+                for p in made.values():
+                    try:
+                        os.rmdir(p)
+                    except OSError:
+                        pass
+                raise _error(e.errno, "cgroup create run", e.filename,
+                             _advice(e.errno, e.filename)) from None
+            self._runs.append(run)
+            return run
+
+    def _forget(self, run):
+        with self._lock:
+            if run in self._runs:
+                self._runs.remove(run)
+
+    def kill(self):
+        """SIGKILL every process in the whole sandbox cgroup tree (the init
+        and every run).  Bounded; returns True when empty."""
+        return self._kill()
+
+    def remove(self, timeout=_KILL_TIMEOUT):
+        """Kill what is left, rmdir every run cgroup and the sandbox cgroup in
+        every hierarchy, close the fds.  Idempotent.  Raises SetupError only
+        if a directory is still there after `timeout` (an unkillable process);
+        calling it again retries."""
+        with self._lock:
+            if self._removed:
+                return
+            runs, self._runs = self._runs, []
+        for r in runs:
+            r.close_fds()
+        fds, self.procs_fds = self.procs_fds, []
+        for fd in fds:
+            os.close(fd)
+        deadline = time.monotonic() + timeout
+        self._kill(timeout=timeout)
+        failed = self._rmdir_all(deadline)
+        if failed is not None:
+            path, err = failed
+            raise _error(err, "cgroup remove", path,
+                         "processes in the sandbox cgroup could not be killed in "
+                         f"{timeout:g} s; call remove() again or sweep_orphans() later")
+        with self._lock:
+            self._removed = True
+
+    @property
+    def removed(self):
+        return self._removed
+
+    def __repr__(self):
+        return f"<SandboxCgroup {self.name} {sorted(self.paths.values())}>"
+
+
+# --------------------------------------------------------------------------
+# Opening
+# --------------------------------------------------------------------------
+
+
+def _limit_values(memory, pids, cpus):
+    vals, wanted = {}, []
+    if memory is not None:
+        if isinstance(memory, str):
+            from ._config import parse_size
+            memory = parse_size(memory, "memory")
+        if isinstance(memory, bool) or not isinstance(memory, int) or memory <= 0:
+            raise ValueError(f"memory must be a positive number of bytes, got {memory!r}")
+        vals["bytes"] = memory
+        wanted.append("memory")
+    if pids is not None:
+        if isinstance(pids, bool) or not isinstance(pids, int) or pids <= 0:
+            raise ValueError(f"pids must be a positive int, got {pids!r}")
+        vals["pids"] = pids
+        wanted.append("pids")
+    if cpus is not None:
+        if isinstance(cpus, bool) or not isinstance(cpus, (int, float)) \
+                or math.isnan(cpus) or math.isinf(cpus) or cpus <= 0:
+            raise ValueError(f"cpus must be a positive number, got {cpus!r}")
+        period = _CFS_PERIOD
+        quota = round(cpus * period)
+        if quota < _CFS_MIN_QUOTA:      # small shares: a longer period
+            period = _CFS_MAX_PERIOD
+            quota = round(cpus * period)
+        if quota < _CFS_MIN_QUOTA:
+            raise ValueError(f"cpus={cpus} is below the kernel's minimum of "
+                             f"{_CFS_MIN_QUOTA / _CFS_MAX_PERIOD}")
+        vals["quota"], vals["period"] = quota, period
+        wanted.append("cpus")
+    return vals, wanted
+
+
+def _describe(hiers):
+    if not hiers:
+        return "no cgroup hierarchy is mounted"
+    parts = []
+    for h in hiers:
+        if h.version == 1:
+            parts.append(f"v1 {h.label}")
+        else:
+            parts.append(f"v2 at {h.mount} offering {' '.join(sorted(h.controllers)) or 'no controller'}")
+    return "; ".join(parts)
+
+
+def _plan(hiers, wanted):
+    """-> (chosen {limit: version}, required hierarchies, optional hierarchies)."""
+    chosen, required = {}, []
+    for lim in wanted:
+        for strict in (True, False):
+            # first a hierarchy that can really give the controller to our
+            # cgroup; else the first that has it at all (v2 then fails with
+            # the reason, e.g. EBUSY, in _enable_v2)
+            for v in _PREFERENCE:
+                need = {w.controller for w in _TABLES[v].limits[lim]}
+                hs = []
+                for c in need:
+                    h = next((h for h in hiers if h.version == v and
+                              (h.can_delegate(c) if strict else h.offers(c))), None)
+                    if h is None:
+                        break
+                    hs.append(h)
+                else:
+                    chosen[lim] = v
+                    required.extend(h for h in hs if h not in required)
+                    break
+            if lim in chosen:
+                break
+        else:
+            ctrl = {"memory": "memory", "pids": "pids", "cpus": "cpu"}[lim]
+            raise _error(errno.ENOTSUP, _LIMIT_STEP[lim], None,
+                         f"no cgroup hierarchy offers the {ctrl} controller to this "
+                         f"process's cgroup ({_describe(hiers)}): mount the v1 {ctrl} "
+                         f"controller, or enable {ctrl} in cgroup.subtree_control of the "
+                         f"parent cgroups (v2), or drop {lim}=")
+    optional = []
+    for h in hiers:
+        if h in required:
+            continue
+        if h.version == 2 or (h.controllers & _USEFUL_V1):
+            optional.append(h)
+    return chosen, required, optional
+
+
+def _enable_v2(h, controllers, step):
+    """Make `controllers` reach the children of h.base (cgroup.subtree_control)."""
+    sc = os.path.join(h.base, "cgroup.subtree_control")
+    try:
+        enabled = set(_read(sc).split())
+    except OSError as e:
+        raise _error(e.errno, step, sc, _advice(e.errno, sc)) from None
+    missing = [c for c in controllers if c and c not in enabled]
+    if not missing:
+        return
+    try:
+        _write(sc, " ".join("+" + c for c in missing))
+    except OSError as e:
+        if e.errno == errno.EBUSY:
+            why = (f"cgroup v2 cannot enable {' '.join(missing)} for children of {h.base}: it "
+                   "holds processes itself (the 'no internal processes' rule). Run the "
+                   "caller in a leaf of a delegated cgroup and pass an empty delegated "
+                   "cgroup as the cgroup parent")
+        elif e.errno == errno.ENOENT:
+            why = (f"{h.base} does not offer {' '.join(missing)} (not in its "
+                   "cgroup.controllers): enable it in the ancestors' cgroup.subtree_control "
+                   "or ask for a delegation that includes it")
+        else:
+            why = _advice(e.errno, sc)
+        raise _error(e.errno, step, sc, why) from None
+
+
+def _apply_write(w, d, vals, swap, step):
+    path = os.path.join(d, w.file)
+    value = w.fmt.format(**vals)
+    if not os.path.exists(path):
+        if w.need == "if_old":
+            return  # a kernel without the knob behaves as the value wants
+        if w.need == "if_swap" and not swap:
+            # no swap active: the RAM limit alone is the whole limit
+            return
+        if w.alt is not None:
+            return _apply_write(w.alt, d, vals, swap, step)
+        if w.need == "if_swap":
+            raise _error(errno.ENOTSUP, step, path,
+                         "swap is active but this kernel does not account swap to cgroups, "
+                         "so the limit could be exceeded through swap: boot with "
+                         "swapaccount=1 (or CONFIG_MEMCG_SWAP), or turn swap off (swapoff -a)")
+        raise _error(errno.ENOTSUP, step, path,
+                     f"the kernel has no {w.file}: this limit cannot be enforced here")
+    if w.need == "if_old":
+        try:
+            if _read(path).strip() == value:
+                return
+        except OSError:
+            pass
+    try:
+        _write(path, value)
+    except OSError as e:
+        if e.errno == errno.EINVAL and w.controller == "cpu":
+            why = (f"the kernel rejected {value!r}: an ancestor cgroup probably has a "
+                   "smaller CPU quota (cpu.max / cpu.cfs_quota_us); ask for fewer cpus")
+        elif e.errno in (errno.EBUSY, errno.EINVAL):
+            why = f"the kernel rejected {value!r} for {w.file}"
+        else:
+            why = _advice(e.errno, path)
+        raise _error(e.errno, step, path, why) from None
+
+
+def _undo(made):
+    for d in reversed(made):
+        for p in _subdirs_bottom_up(d) + [d]:
+            try:
+                os.rmdir(p)
+            except OSError:
+                pass
+
+
+def open_sandbox_cgroup(memory=None, pids=None, cpus=None, parent=None, *, _versions=_PREFERENCE):
+    """Create the sandbox cgroup "pysandbox-<pid>-<n>" below the caller's own
+    cgroup in every hierarchy it needs, apply the limits, and return a
+    SandboxCgroup.
+
+    memory: bytes (the cap covers swap too where the kernel accounts it);
+    pids: max processes+threads; cpus: CPUs' worth of time (quota/period).
+    parent: a cgroup path to create under instead of the caller's own cgroup:
+    relative ("a/b": below the caller's cgroup in every hierarchy), an
+    absolute cgroup path ("/x/y", the same in every hierarchy), or a
+    directory under a cgroup mount (converted to its cgroup path).
+
+    Raises SetupError (errno, step, path, why + what to do) when a requested
+    limit cannot be enforced, or when no cgroup at all can be created.
+    Leaves nothing behind when it raises.
+    """
+    vals, wanted = _limit_values(memory, pids, cpus)
+    hiers = _hierarchies(parent, _versions)
+    chosen, required, optional = _plan(hiers, wanted)
+    swap = _swap_active()
+
+    for h in required:
+        if not os.path.isdir(h.base):
+            raise _error(errno.ENOENT, "cgroup create", h.base, _advice(errno.ENOENT, h.base))
+    # v2: the limits' controllers must be enabled for the children of base
+    for lim, v in chosen.items():
+        if v != 2:
+            continue
+        for w in _V2.limits[lim]:
+            h = next(h for h in required if h.version == 2)
+            _enable_v2(h, [w.controller], f"cgroup enable {w.controller} controller")
+
+    last_err = None
+    for _attempt in range(100):
+        name = f"pysandbox-{os.getpid()}-{next(_counter)}"
+        made, dirs, retry = [], {}, False
+        try:
+            for h in required + optional:
+                p = os.path.join(h.base, name)
+                try:
+                    os.mkdir(p, 0o755)
+                except FileExistsError:
+                    retry = True
+                    break
+                except OSError as e:
+                    if h in required:
+                        raise _error(e.errno, "cgroup create", p, _advice(e.errno, p)) from None
+                    last_err = (e.errno, p)
+                    continue
+                made.append(p)
+                if not _setup_one(h, p, required):
+                    made.pop()
+                    _undo([p])
+                    continue
+                dirs[h] = p
+            if retry:
+                _undo(made)
+                continue
+            if not dirs:
+                err, p = last_err or (errno.ENOENT, None)
+                raise _error(err, "cgroup create", p,
+                             f"no cgroup could be created below this process's cgroups "
+                             f"({_describe(hiers)}): {_advice(err, p)}")
+            # limits, in table order
+            for lim, v in chosen.items():
+                for w in _TABLES[v].limits[lim]:
+                    h = next(h for h in dirs if h.version == v and h.offers(w.controller))
+                    _apply_write(w, dirs[h], vals, swap, _LIMIT_STEP[lim])
+            # v2: the init's leaf (the sandbox cgroup itself stays empty)
+            for h, p in dirs.items():
+                leaf = h.table.init_leaf
+                if leaf:
+                    os.mkdir(os.path.join(p, leaf))
+            applied = {}
+            if "memory" in chosen:
+                applied["memory"] = vals["bytes"]
+            if "pids" in chosen:
+                applied["pids"] = vals["pids"]
+            if "cpus" in chosen:
+                applied["cpus"] = vals["quota"] / vals["period"]
+            return SandboxCgroup(name, dirs, applied)
+        except SetupError:
+            _undo(made)
+            raise
+        except OSError as e:
+            _undo(made)
+            raise _error(e.errno, "cgroup create", e.filename, _advice(e.errno, e.filename)) from None
+    raise _error(errno.EEXIST, "cgroup create", None, "could not find a free cgroup name")
+
+
+def _setup_one(h, p, required):
+    """Per-hierarchy setup of a fresh sandbox cgroup.  False: drop this
+    (optional) hierarchy; raises for a required one."""
+    table = h.table
+    try:
+        for w in table.ensure:
+            if h.offers(w.controller):
+                _apply_write(w, p, {}, False, "cgroup create")
+        if table.delegates:
+            # let the runs see the controllers the sandbox cgroup has (it
+            # holds no process itself: the init is in its leaf)
+            have = set(_read(os.path.join(p, "cgroup.controllers")).split())
+            want = [c for c in _USEFUL_V2 if c in have]
+            if want:
+                try:
+                    _write(os.path.join(p, "cgroup.subtree_control"),
+                           " ".join("+" + c for c in want))
+                except OSError:
+                    pass  # runs then only have the core files
+    except (SetupError, OSError):
+        if h in required:
+            raise
+        return False
+    return True
+
+
+# --------------------------------------------------------------------------
+# Orphans and probing
+# --------------------------------------------------------------------------
+
+
+def _alive(pid):
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_orphans(parent=None):
+    """Remove pysandbox-<pid>-* cgroups (below the caller's cgroups, or
+    `parent`) whose creator pid is dead, after killing what is inside.
+    Returns how many sandbox cgroups were removed.  A cgroup holding a
+    process outside our pid namespace (listed as pid 0) is left alone: its
+    owner may be alive in another pid namespace."""
+    hiers = [h for h in _hierarchies(parent) if os.path.isdir(h.base)]
+    names = set()
+    for h in hiers:
+        try:
+            entries = os.listdir(h.base)
+        except OSError:
+            continue
+        for e in entries:
+            m = _NAME_RE.match(e)
+            if m and not _alive(int(m.group(1))):
+                names.add(e)
+    removed = 0
+    for name in sorted(names):
+        dirs = {h: os.path.join(h.base, name) for h in hiers
+                if os.path.isdir(os.path.join(h.base, name))}
+        g = _Group(dirs)
+        if any(pid == 0 for pid, _h, _cg in g._pids()):
+            continue
+        if not g._kill():
+            continue
+        if g._rmdir_all(time.monotonic() + 1.0) is None:
+            removed += 1
+    return removed
+
+
+def available(memory=False, pids=False, cpus=False):
+    """(True, how) when those limits can be enforced here (and a cgroup can
+    be created at all), else (False, why and what to do).  It tries for real:
+    creates a sandbox cgroup with the limits and removes it."""
+    try:
+        cg = open_sandbox_cgroup(memory=(1 << 30) if memory else None,
+                                 pids=1 << 16 if pids else None,
+                                 cpus=1.0 if cpus else None)
+    except (SetupError, OSError) as e:
+        return False, str(e)
+    try:
+        how = "; ".join(f"{label}: {d}" for label, d in cg.paths.items())
+    finally:
+        cg.remove()
+    return True, how
