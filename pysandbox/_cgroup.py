@@ -120,8 +120,11 @@ _V1 = _Version(
         "memory": (
             _Write("memory", "memory.limit_in_bytes", "{bytes}"),
             # memsw caps RAM+swap: must be written after limit_in_bytes
-            # (the kernel wants memsw >= limit).  Without memsw and with swap
-            # active, swappiness=0 stops this cgroup's reclaim from swapping.
+            # (the kernel wants memsw >= limit).  It is written whenever it
+            # exists, swap or not (the CI VM has memsw but no swap at all:
+            # /proc/swaps is empty, so there the RAM limit is already the
+            # whole limit).  Without memsw and with swap active,
+            # swappiness=0 stops this cgroup's own reclaim from swapping.
             _Write("memory", "memory.memsw.limit_in_bytes", "{bytes}", need="if_swap",
                    alt=_Write("memory", "memory.swappiness", "0")),
         ),
@@ -533,8 +536,8 @@ class _Group:
         return out
 
     def _freeze(self, versions, frozen):
-        """Freeze (or thaw) in every hierarchy that can; returns the list of
-        (file, state_file, spec) frozen."""
+        """Freeze (or thaw) in every hierarchy that can (v1 freezer, v2
+        cgroup.freeze); returns [(dir, _Freeze)] of those written."""
         done = []
         for h, d in self._dirs.items():
             fz = h.table.freeze
@@ -678,10 +681,11 @@ class SandboxCgroup(_Group):
     `procs_fds`: cgroup.procs (v2: of the `init` leaf) in each hierarchy,
     O_WRONLY|O_CLOEXEC: write the init's pid to each (or call add_pid)."""
 
-    def __init__(self, name, dirs, limits):
+    def __init__(self, name, dirs, limits, drivers=None):
         super().__init__(dirs)
         self.name = name
         self.limits = limits    # {"memory": bytes, "pids": n, "cpus": x} as applied
+        self.drivers = drivers or {}   # {"memory": 1, ...}: the cgroup version enforcing each
         self._lock = threading.Lock()
         self._runs = []
         self._run_counter = itertools.count(1)
@@ -981,7 +985,8 @@ def open_sandbox_cgroup(memory=None, pids=None, cpus=None, parent=None, *, _vers
                     break
                 except OSError as e:
                     if h in required:
-                        raise _error(e.errno, "cgroup create", p, _advice(e.errno, p)) from None
+                        raise _error(e.errno, _required_step(h, chosen), p,
+                                     f"cannot create {p}: {_advice(e.errno, p)}") from None
                     last_err = (e.errno, p)
                     continue
                 made.append(p)
@@ -1015,7 +1020,7 @@ def open_sandbox_cgroup(memory=None, pids=None, cpus=None, parent=None, *, _vers
                 applied["pids"] = vals["pids"]
             if "cpus" in chosen:
                 applied["cpus"] = vals["quota"] / vals["period"]
-            return SandboxCgroup(name, dirs, applied)
+            return SandboxCgroup(name, dirs, applied, dict(chosen))
         except SetupError:
             _undo(made)
             raise
@@ -1023,6 +1028,14 @@ def open_sandbox_cgroup(memory=None, pids=None, cpus=None, parent=None, *, _vers
             _undo(made)
             raise _error(e.errno, "cgroup create", e.filename, _advice(e.errno, e.filename)) from None
     raise _error(errno.EEXIST, "cgroup create", None, "could not find a free cgroup name")
+
+
+def _required_step(h, chosen):
+    """The step named after the limits that need hierarchy h."""
+    for lim, v in chosen.items():
+        if v == h.version and any(h.offers(w.controller) for w in _TABLES[v].limits[lim]):
+            return _LIMIT_STEP[lim]
+    return "cgroup create"
 
 
 def _setup_one(h, p, required):
@@ -1110,7 +1123,9 @@ def available(memory=False, pids=False, cpus=False):
     except (SetupError, OSError) as e:
         return False, str(e)
     try:
-        how = "; ".join(f"{label}: {d}" for label, d in cg.paths.items())
+        how = ", ".join(f"{lim} by cgroup v{v}" for lim, v in cg.drivers.items())
+        where = ", ".join(f"v{h.version} {h.label}" for h in cg._dirs)
+        how = (how + "; " if how else "") + f"cgroups in: {where}"
     finally:
         cg.remove()
     return True, how

@@ -5,6 +5,7 @@ import math
 import os
 import re
 import resource
+import stat
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -181,6 +182,18 @@ class SandboxConfig:
             if not os.path.isdir(rootfs):
                 raise NotADirectoryError(20, "rootfs is not a directory", rootfs)
             rootfs = os.path.realpath(rootfs)
+            # /proc and /dev are ours to mount: a rootfs that makes them
+            # symlinks (or files) would send those mounts elsewhere
+            for name in ("proc", "dev"):
+                p = os.path.join(rootfs, name)
+                try:
+                    st = os.lstat(p)
+                except FileNotFoundError:
+                    continue
+                if not stat.S_ISDIR(st.st_mode):
+                    raise NotADirectoryError(
+                        20, f"rootfs /{name} must be a directory (or absent), "
+                            "not a symlink or file", p)
         if isinstance(mounts, (Bind, Tmpfs)):
             mounts = (mounts,)
         mounts = tuple(mounts)

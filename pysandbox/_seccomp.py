@@ -138,6 +138,7 @@ def _personality_denied_blocks():
         lo = v + 1
     return blocks
 
+
 _ACTIONS = ("errno", "kill", "log")
 _MAX_ERRNO = 4095
 
@@ -153,7 +154,7 @@ def SCMP_ACT_ERRNO(err):
 
 
 SCMP_ARCH_NATIVE = 0
-SCMP_CMP_NE, SCMP_CMP_EQ, SCMP_CMP_MASKED_EQ = 1, 4, 7
+SCMP_CMP_MASKED_EQ = 7          # (arg & datum_a) == datum_b
 SCMP_FLTATR_ACT_BADARCH = 2
 SCMP_FLTATR_CTL_NNP = 3
 SCMP_FLTATR_CTL_OPTIMIZE = 8
@@ -186,7 +187,8 @@ class _Lib:
         if lib is None:
             raise SetupError(_errno.ENOENT, "load libseccomp", _LIB_NAMES[0],
                              "needed to compile the seccomp filter; install "
-                             "libseccomp2, or pass seccomp=None to run without one")
+                             "libseccomp2, or pass seccomp=None to run without one ("
+                             + "; ".join(errors) + ")")
         vp, u32, i = ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int
         self.lib = lib
         self.init = self._fn("seccomp_init", vp, [u32])
@@ -243,10 +245,13 @@ class _Lib:
             self.free(p)
 
     def max_named(self):
-        """The highest native call number this libseccomp can name."""
+        """The highest native call number this libseccomp can name (-1 if
+        it names none).  The scan starts at read(2): some ABIs (MIPS) number
+        their calls from 4000 or more."""
         if self._max_named is None:
+            start = max(0, self.resolve("read"))
             hi = -1
-            for nr in range(0, 4096):
+            for nr in range(start, start + 2048):
                 if self.name_of(nr) is not None:
                     hi = nr
             self._max_named = hi
@@ -401,9 +406,10 @@ def _rules(policy):
         rules["personality"] = [(eperm, ((0, SCMP_CMP_MASKED_EQ, m, v),))
                                 for m, v in _personality_denied_blocks()]
         hi = lib.max_named()
-        enosys = SCMP_ACT_ERRNO(_errno.ENOSYS)
-        for nr in range(hi + 1, hi + 1 + _FUTURE_SPAN):
-            rules[nr] = [(enosys, ())]
+        if hi >= 0:
+            enosys = SCMP_ACT_ERRNO(_errno.ENOSYS)
+            for nr in range(hi + 1, hi + 1 + _FUTURE_SPAN):
+                rules[nr] = [(enosys, ())]
         for name in policy.allow:
             rules.pop(name, None)
     if policy.deny:
@@ -424,7 +430,9 @@ def _build(policy, export):
                "set the bad-architecture action")
         # the init sets no_new_privs itself; a binary tree keeps lookups short
         _check(lib.attr_set(ctx, SCMP_FLTATR_CTL_NNP, 0), "clear the NNP attribute")
-        lib.attr_set(ctx, SCMP_FLTATR_CTL_OPTIMIZE, 2)   # libseccomp >= 2.5; optional
+        rc = lib.attr_set(ctx, SCMP_FLTATR_CTL_OPTIMIZE, 2)
+        if rc not in (0, -_errno.EINVAL, -_errno.EOPNOTSUPP):   # < 2.5: linear list
+            _check(rc, "choose the binary-tree layout")
         for key, alternatives in _rules(policy).items():
             if isinstance(key, int):
                 nr, label = key, f"system call {key}"
