@@ -687,6 +687,7 @@ struct run_request {
 struct exec_status {
     volatile int step;
     volatile int err;
+    volatile int index;   /* which rlimit, for PS_STEP_RLIMIT */
 };
 
 static const char *env_path(char **envp)
@@ -720,6 +721,7 @@ static void exec_command(const struct run_request *r, struct exec_status *st)
     st->step = PS_STEP_RLIMIT;
     for (uint32_t i = 0; i < r->h.n_rlimits; i++) {
         struct rlimit rl = { r->rlimits[i].soft, r->rlimits[i].hard };
+        st->index = (int)i;
         if (setrlimit((int)r->rlimits[i].resource, &rl) < 0)
             goto fail;
     }
@@ -906,7 +908,7 @@ static void kill_tree(int children, pid_t cmd, int *cmd_reaped, int chan)
 
 static void supervise(struct run_request *r)
 {
-    struct exec_status st = { 0, 0 };
+    struct exec_status st = { 0, 0, -1 };
     sigset_t set;
     pid_t cmd;
     int cmd_reaped = 0, children;
@@ -940,7 +942,7 @@ static void supervise(struct run_request *r)
         int status;
         while (waitpid(cmd, &status, 0) < 0 && errno == EINTR)
             ;
-        send_simple(r->chan, PS_REC_SPAWN_FAILED, st.step, st.err, -1, 0);
+        send_simple(r->chan, PS_REC_SPAWN_FAILED, st.step, st.err, st.index, 0);
         _exit(0);
     }
     /* run() does not need the pid before the exit: one wakeup less */

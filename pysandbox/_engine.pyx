@@ -88,6 +88,8 @@ def sealed_init_fd():
 
 
 _swept = False
+import resource as _resource
+_RLIMIT_CORE = _resource.RLIMIT_CORE
 
 
 def _sweep_cgroups_once():
@@ -172,7 +174,9 @@ cdef class Sandbox:
         self._ids = _plan.resolve_user(cfg.user, cfg.rootfs)
         self._env = dict(_runner.DEFAULT_ENV if cfg.env is None else cfg.env)
         self._cwd = cfg.cwd
-        self._rlimits = cfg.rlimits
+        # core dumps off unless asked for (later entries win); the hard
+        # limit stays, since nothing in a user namespace can raise it again
+        self._rlimits = ((_RLIMIT_CORE, 0, _resource.getrlimit(_RLIMIT_CORE)[1]),) + cfg.rlimits
         self._cap_keep = cap_mask(cfg.capabilities)
         self._run_flags = _runner.RUN_CAPS | _runner.RUN_NO_NEW_PRIVS
         self._ops = _plan.build_ops(cfg)

@@ -84,7 +84,7 @@ def setup_error(step, err, path=None, detail=None):
     return SetupError(err, STEP_NAMES.get(step, f"step {step}"), path, detail)
 
 
-def exec_error(step, err, argv0, cwd):
+def exec_error(step, err, argv0, cwd, detail=None):
     """The command could not be started inside: raise what subprocess would,
     naming the path inside the sandbox."""
     if step == 33:  # chdir
@@ -92,7 +92,7 @@ def exec_error(step, err, argv0, cwd):
     elif step == 34:  # execve
         filename = argv0
     else:
-        return setup_error(step, err, argv0)
+        return setup_error(step, err, argv0, detail if step == 35 else None)
     cls = {
         _errno.ENOENT: FileNotFoundError,
         _errno.EACCES: PermissionError,

@@ -8,6 +8,7 @@ import io
 import locale
 import math
 import os
+import resource
 import select
 import signal
 import socket
@@ -30,6 +31,9 @@ _REQ = struct.Struct("=4I2I2i2IQ")
 _RLIMIT = struct.Struct("=IIQQ")
 RECORD = struct.Struct("=IIiiqqqqq")
 _CHUNK = 65536
+_U64 = (1 << 64) - 1
+_RLIMIT_NAMES = {getattr(resource, n): n[len("RLIMIT_"):].lower()
+                 for n in dir(resource) if n.startswith("RLIMIT_") and n != "RLIMIT_OFILE"}   # RLIM_INFINITY is -1 in Python, ~0 in C
 KILL_GRACE = 5.0   # seconds to collect a killed tree's output
 
 DEFAULT_ENV = {
@@ -122,6 +126,7 @@ class SandboxProcess:
         envl = [k + b"=" + v for k, v in envb.items()]
         cwd = sandbox._cwd if cwd is None else _inside_path(cwd, "cwd")
         rl = sandbox._rlimits + parse_rlimits(rlimits)
+        self._rlimits_sent = rl
         ids = sandbox._ids if user is None else sandbox._resolve_user(user)
 
         to_close = []     # child ends, closed once sent
@@ -139,7 +144,7 @@ class SandboxProcess:
             req = b"".join((
                 _REQ.pack(REQ_RUN, flags, self.run_id, 0, len(argv), len(envl),
                           uid, gid, len(rl), 0, sandbox._cap_keep),
-                b"".join(_RLIMIT.pack(r, 0, s, h) for r, s, h in rl),
+                b"".join(_RLIMIT.pack(r, 0, s & _U64, h & _U64) for r, s, h in rl),
                 cwd.encode(), b"\0",
                 b"\0".join(argv), b"\0",
                 b"\0".join(envl), b"\0" if envl else b"",
@@ -176,6 +181,14 @@ class SandboxProcess:
             # Popen semantics: the command is running (or raised) on return
             self._handle_record(self._recv(block=True))
 
+    def _rlimit_name(self, index):
+        rl = self._rlimits_sent
+        if 0 <= index < len(rl):
+            r, soft, hard = rl[index]
+            fmt = lambda v: "unlimited" if v == resource.RLIM_INFINITY else v
+            return f"rlimit {_RLIMIT_NAMES.get(r, r)}={fmt(soft)}:{fmt(hard)}"
+        return None
+
     def _handle_record(self, rec):
         """One record from the supervisor.  Raises for an exec failure."""
         if rec is False:
@@ -192,7 +205,8 @@ class SandboxProcess:
         if rec is not None and rec[0] == REC_SPAWN_FAILED:
             self._close_streams()
             self._chan.close()
-            raise exec_error(rec[1], rec[2], self._argv0, self._cwd)
+            raise exec_error(rec[1], rec[2], self._argv0, self._cwd,
+                             self._rlimit_name(rec[3]))
         if rec is not None and self.pid is None:
             self.pid = rec[4]
         self._take_exit(rec)
