@@ -865,45 +865,58 @@ static int reap_children(pid_t cmd, int *cmd_reaped, int chan, int block)
     }
 }
 
+/* SIGKILL every child listed in `children` (an fd of a /proc/.../children
+ * file) for which skip() is false.  Returns how many were signalled, or -1
+ * when the list cannot be read.  Init and supervisors are single-threaded:
+ * the buffer is kept and grown as needed. */
+static int kill_listed_children(int children, int (*skip)(pid_t))
+{
+    static char *buf;
+    static size_t cap;
+    size_t total = 0;
+    ssize_t n;
+    int killed = 0;
+
+    if (!buf) {
+        cap = 4096;
+        buf = malloc(cap);
+    }
+    if (!buf || children < 0 || lseek(children, 0, SEEK_SET) != 0)
+        return -1;
+    while ((n = read(children, buf + total, cap - 1 - total)) > 0) {
+        total += (size_t)n;
+        if (total == cap - 1) {
+            char *bigger = realloc(buf, cap * 2);
+            if (!bigger)
+                return -1;
+            buf = bigger;
+            cap *= 2;
+        }
+    }
+    buf[total] = 0;
+    for (char *p = buf; *p;) {
+        char *endp;
+        long pid = strtol(p, &endp, 10);
+        if (endp == p || (*endp != ' ' && *endp != '\n' && *endp != 0))
+            break;
+        p = endp;
+        if (!skip || !skip((pid_t)pid)) {
+            kill((pid_t)pid, SIGKILL);
+            killed++;
+        }
+    }
+    return killed;
+}
+
 /* Kill every process of this run: the supervisor is their subreaper, so
  * each orphan comes back to it; repeat until nothing is left.  `children`
  * is /proc/self/task/<tid>/children, opened before the command started. */
 static void kill_tree(int children, pid_t cmd, int *cmd_reaped, int chan)
 {
-    size_t cap = 4096;
-    char *buf = malloc(cap);
-    for (;;) {
-        size_t total = 0;
-        ssize_t n;
-        int listed = 0;
-        if (buf && children >= 0 && lseek(children, 0, SEEK_SET) == 0) {
-            while ((n = read(children, buf + total, cap - 1 - total)) > 0) {
-                total += (size_t)n;
-                if (total == cap - 1) {
-                    char *bigger = realloc(buf, cap * 2);
-                    if (!bigger)
-                        break;
-                    buf = bigger;
-                    cap *= 2;
-                }
-            }
-            buf[total] = 0;
-            listed = 1;
-            for (char *p = buf; *p;) {
-                char *endp;
-                long pid = strtol(p, &endp, 10);
-                if (endp == p || (*endp != ' ' && *endp != '\n' && *endp != 0))
-                    break;
-                kill((pid_t)pid, SIGKILL);
-                p = endp;
-            }
-        }
-        if (!listed && !*cmd_reaped)
+    do {
+        if (kill_listed_children(children, NULL) < 0 && !*cmd_reaped)
             kill(cmd, SIGKILL);
-        if (reap_children(cmd, cmd_reaped, chan, 1) < 0)
-            break;
-    }
-    free(buf);
+    } while (reap_children(cmd, cmd_reaped, chan, 1) == 0);
 }
 
 static void supervise(struct run_request *r)
@@ -1214,43 +1227,13 @@ static int is_supervisor(pid_t pid)
  * live supervisor owns (and what they leave behind), until none is left. */
 static void sweep_unowned(void)
 {
-    size_t cap = 4096;
-    char *buf = malloc(cap);
     int children = open("/proc/self/task/1/children", O_RDONLY | O_CLOEXEC);
-    if (!buf || children < 0)
-        goto out;
     for (int round = 0; round < 10000; round++) {
-        size_t total = 0;
-        ssize_t n;
-        int killed = 0;
-        if (lseek(children, 0, SEEK_SET) != 0)
-            break;
-        while ((n = read(children, buf + total, cap - 1 - total)) > 0) {
-            total += (size_t)n;
-            if (total == cap - 1) {
-                char *bigger = realloc(buf, cap * 2);
-                if (!bigger)
-                    break;
-                buf = bigger;
-                cap *= 2;
-            }
-        }
-        buf[total] = 0;
-        for (char *p = buf; *p;) {
-            char *endp;
-            long pid = strtol(p, &endp, 10);
-            if (endp == p || (*endp != ' ' && *endp != '\n' && *endp != 0))
-                break;
-            p = endp;
-            if (!is_supervisor((pid_t)pid)) {
-                kill((pid_t)pid, SIGKILL);
-                killed++;
-            }
-        }
-        if (!killed)
+        int killed = kill_listed_children(children, is_supervisor);
+        if (killed <= 0)
             break;
         /* reap what died (supervisors are reaped by the main loop) */
-        for (;;) {
+        while (killed > 0) {
             int status;
             pid_t w = waitpid(-1, &status, __WALL);
             if (w <= 0)
@@ -1261,14 +1244,11 @@ static void sweep_unowned(void)
                 forget_run(w);
                 continue;
             }
-            if (--killed == 0)
-                break;
+            killed--;
         }
     }
-out:
     if (children >= 0)
         close(children);
-    free(buf);
 }
 
 static void reap_orphans(int sfd)
