@@ -661,15 +661,26 @@ class RunCgroup(_Group):
 
     def remove(self):
         """rmdir when empty; if processes remain it is left for
-        SandboxCgroup.remove (which kills them)."""
+        SandboxCgroup.remove (which kills them).  Counters that the kernel
+        keeps per cgroup only (summed over the subtree, e.g. v1 oom_kill)
+        are handed to the sandbox before their directory goes."""
         self.close_fds()
+        retired = {}
+        for key in _STAT_KEYS:
+            spec, _ = self._stat_source(key)
+            if spec is not None and spec.subtree:
+                retired[key] = self._stat(key) or 0
+        gone = True
         for h, d in self._dirs.items():
             for p in _subdirs_bottom_up(d) + [d]:
                 try:
                     os.rmdir(p)
                 except OSError:
                     pass
-        self._sandbox._forget(self)
+            gone = gone and not os.path.exists(d)
+        if gone:   # else still the sandbox's to kill and remove
+            self._sandbox._forget(self, retired)
+        return gone
 
     def __repr__(self):
         return f"<RunCgroup {self.name} {sorted(self.paths.values())}>"
@@ -688,6 +699,7 @@ class SandboxCgroup(_Group):
         self.drivers = drivers or {}   # {"memory": 1, ...}: the cgroup version enforcing each
         self._lock = threading.Lock()
         self._runs = []
+        self._retired = {}   # counts of removed runs the kernel does not keep
         self._run_counter = itertools.count(1)
         self._removed = False
         self.procs_fds = []
@@ -735,10 +747,20 @@ class SandboxCgroup(_Group):
             self._runs.append(run)
             return run
 
-    def _forget(self, run):
+    def _forget(self, run, retired=None):
         with self._lock:
             if run in self._runs:
                 self._runs.remove(run)
+                for key, value in (retired or {}).items():
+                    self._retired[key] = self._retired.get(key, 0) + value
+
+    def stats(self):
+        out = super().stats()
+        with self._lock:
+            for key, value in self._retired.items():
+                out[key] = (out.get(key) or 0) + value
+        out["oom_killed"] = out["oom_kills"] > 0
+        return out
 
     def kill(self):
         """SIGKILL every process in the whole sandbox cgroup tree (the init

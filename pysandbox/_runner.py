@@ -310,9 +310,12 @@ class SandboxProcess:
         self._exit_time = time.monotonic()
         self._chan.close()
         if self._cg is not None:
+            # figures at the command's exit; the cgroup goes now if the run
+            # left nothing behind, else it stays so that a timeout or
+            # kill_tree() can still kill through it
             self._cgstats = self._cg.stats()
-            self._cg.remove()   # left to the sandbox if processes remain
-            self._cg = None
+            if self._cg.remove():
+                self._cg = None
 
     def poll(self):
         if self.returncode is None:
@@ -345,14 +348,19 @@ class SandboxProcess:
         self.send_signal(signal.SIGKILL)
 
     def kill_tree(self):
-        """SIGKILL the command and everything it started, setsid or not."""
-        if self.returncode is None or self._chan_open():
-            self._sandbox._signal(self.run_id, 0, SIGNAL_TREE)
+        """SIGKILL the command and everything it started, setsid or not
+        (also what is left after the command itself has exited)."""
+        self._sandbox._signal(self.run_id, 0, SIGNAL_TREE)
         if self._cg is not None:
             self._cg.kill()
 
     def _chan_open(self):
         return self._chan is not None and self._chan.fileno() >= 0
+
+    def _release_cgroup(self):
+        cg, self._cg = self._cg, None
+        if cg is not None:
+            cg.remove()   # left to the sandbox if processes remain
 
     def __enter__(self):
         return self
@@ -361,11 +369,17 @@ class SandboxProcess:
         self._close_streams()
         if self.returncode is None:
             self.wait()
+        self._release_cgroup()
 
     def __del__(self):
         chan = getattr(self, "_chan", None)
         if chan is not None:
             chan.close()
+        if getattr(self, "_cg", None) is not None:
+            try:
+                self._release_cgroup()
+            except Exception:
+                pass
 
     # -- communicate -------------------------------------------------------
     def communicate(self, input=None, timeout=None, *, max_output=None):
@@ -557,6 +571,8 @@ def run(sandbox, args, *, input=None, stdin=None, stdout=None, stderr=None,
         if p._chan_open():   # else: it never started (exec failure)
             p._kill_and_collect(max_output)
         raise
+    finally:
+        p._release_cgroup()
     result = p._result(out, err, truncated)
     if check:
         result.check_returncode()
