@@ -1,86 +1,40 @@
 """Spawn latency: pysandbox against subprocess.run, measured in the same run.
 
 Group "spawn" (always): subprocess baselines, warm runs on an open Sandbox,
-cold one-shot pysandbox.run, and bwrap / unshare anchors when installed.
+cold one-shot pysandbox.run (full isolation, and network="host"), a
+SandboxPool checkout + run, and the anchors (bwrap, unshare, crun, runc)
+when installed, on the busybox rootfs of setup-anchors.sh next to a cold
+pysandbox run on that same rootfs.
 
-Group "spawn-parent-2GB" (PYSANDBOX_BENCH_BIG=1): the subprocess / warm /
-cold trio, plus a plain os.fork anchor, while this process holds ~2 GB of
+Groups "spawn-parent-<N>GB" (PYSANDBOX_BENCH_BIG=1; sizes from
+PYSANDBOX_BENCH_BIG_GB, default 0.5,2): the subprocess / warm / cold / pool
+rows, plus a plain os.fork anchor, while this process holds that much
 touched memory: the sandbox spawn is vfork-style, so its cost must not grow
 with the parent's memory (the fork anchor shows what a real fork costs).
 
 Each benchmarked call's result is checked, so `--benchmark-disable` (one
 call each) is a fast smoke test of every path.
 """
-import os
-import shutil
 import subprocess
 
 import pytest
 
 import pysandbox
-from pysandbox import Sandbox, SandboxResult
-
+from pysandbox import Sandbox, SandboxPool
+from benchutil import (TRUE, bench, big_group, fork_exec_true, ok, sandbox_ok,
+                       subprocess_true)
 
 WARM_ROUNDS, WARM_WARMUP = 200, 20
 COLD_ROUNDS, COLD_WARMUP = 100, 10
 FORK_ROUNDS, FORK_WARMUP = 50, 5
+RUNC_ROUNDS, RUNC_WARMUP = 40, 4
 
 GROUP = "spawn"
-BIG_GROUP = "spawn-parent-2GB"
-
-BWRAP = shutil.which("bwrap")
-UNSHARE = shutil.which("unshare")
-
-
-def vm_rss():
-    """Resident set size of this process, in bytes."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS in /proc/self/status")
-
-
-def _bench(benchmark, fn, *, rounds, warmup, label, baseline=None,
-           compare_to_group=None):
-    benchmark.extra_info["label"] = label
-    benchmark.extra_info["parent_rss_mb"] = vm_rss() >> 20
-    if baseline:
-        benchmark.extra_info["baseline"] = baseline
-    if compare_to_group:
-        benchmark.extra_info["compare_to_group"] = compare_to_group
-    return benchmark.pedantic(fn, rounds=rounds, warmup_rounds=warmup, iterations=1)
-
-
-def _subprocess_true():
-    return subprocess.run(["/bin/true"])
+POOL_SIZE = 2
 
 
 def _subprocess_echo():
     return subprocess.run(["echo", "hi"], capture_output=True)
-
-
-def _fork_exec_true():
-    pid = os.fork()
-    if pid == 0:   # child: exec at once, never return into pytest
-        try:
-            os.execv("/bin/true", ["/bin/true"])
-        finally:
-            os._exit(127)
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status)
-
-
-def _ok(result):
-    assert result.returncode == 0, result
-    return result
-
-
-def _sandbox_ok(result):
-    assert isinstance(result, SandboxResult), type(result)
-    assert result.returncode == 0, result
-    assert result.wall_time > 0, result
-    return result
 
 
 @pytest.fixture
@@ -97,25 +51,44 @@ def warm_sandbox(request):
         assert s.pid == pid and not s.closed
 
 
+@pytest.fixture
+def pool(rootfs):
+    with SandboxPool(POOL_SIZE, rootfs) as p:
+        with p.sandbox(timeout=30) as s:
+            assert s.run(["hostname"], capture_output=True, timeout=10).stdout == b"sandbox\n"
+        assert p.wait_ready(30)
+        yield p
+
+
+def _pool_run(pool):
+    pids = []
+
+    def run():
+        with pool.sandbox(timeout=30) as s:
+            pids.append(s.pid)
+            return s.run([TRUE])
+    return run, pids
+
+
 # -- group "spawn" ---------------------------------------------------------
 
 @pytest.mark.benchmark(group=GROUP)
 def test_subprocess_true(benchmark):
-    _ok(_bench(benchmark, _subprocess_true, rounds=WARM_ROUNDS, warmup=WARM_WARMUP,
-               label="subprocess.run(['/bin/true'])"))
+    ok(bench(benchmark, subprocess_true, rounds=WARM_ROUNDS, warmup=WARM_WARMUP,
+             label="subprocess.run(['/bin/true'])"))
 
 
 @pytest.mark.benchmark(group=GROUP)
 def test_subprocess_echo_capture(benchmark):
-    r = _bench(benchmark, _subprocess_echo, rounds=WARM_ROUNDS, warmup=WARM_WARMUP,
-               label="subprocess.run(['echo','hi'], capture_output=True)")
-    assert _ok(r).stdout == b"hi\n"
+    r = bench(benchmark, _subprocess_echo, rounds=WARM_ROUNDS, warmup=WARM_WARMUP,
+              label="subprocess.run(['echo','hi'], capture_output=True)")
+    assert ok(r).stdout == b"hi\n"
 
 
 @pytest.mark.benchmark(group=GROUP)
 def test_fork_exec_true(benchmark):
-    rc = _bench(benchmark, _fork_exec_true, rounds=FORK_ROUNDS, warmup=FORK_WARMUP,
-                label="anchor: os.fork + execv /bin/true")
+    rc = bench(benchmark, fork_exec_true, rounds=FORK_ROUNDS, warmup=FORK_WARMUP,
+               label="anchor: os.fork + execv /bin/true")
     assert rc == 0
 
 
@@ -124,102 +97,171 @@ def test_fork_exec_true(benchmark):
                          ids=["default_root", "tiny_rootfs"])
 def test_warm_true(benchmark, warm_sandbox, request):
     which = request.node.callspec.id
-    r = _bench(benchmark, lambda: warm_sandbox.run(["/bin/true"]),
-               rounds=WARM_ROUNDS, warmup=WARM_WARMUP,
-               label=f"warm s.run(['/bin/true']) [{which}]")
-    _sandbox_ok(r)
+    r = bench(benchmark, lambda: warm_sandbox.run([TRUE]),
+              rounds=WARM_ROUNDS, warmup=WARM_WARMUP,
+              label=f"warm s.run(['/bin/true']) [{which}]")
+    sandbox_ok(r)
 
 
 @pytest.mark.benchmark(group=GROUP)
 @pytest.mark.parametrize("warm_sandbox", ["tiny"], indirect=True, ids=["tiny_rootfs"])
 def test_warm_echo_capture(benchmark, warm_sandbox):
-    r = _bench(benchmark,
-               lambda: warm_sandbox.run(["echo", "hi"], capture_output=True),
-               rounds=WARM_ROUNDS, warmup=WARM_WARMUP,
-               label="warm s.run(['echo','hi'], capture_output=True)",
-               baseline="test_subprocess_echo_capture")
-    assert _sandbox_ok(r).stdout == b"hi\n"
+    r = bench(benchmark,
+              lambda: warm_sandbox.run(["echo", "hi"], capture_output=True),
+              rounds=WARM_ROUNDS, warmup=WARM_WARMUP,
+              label="warm s.run(['echo','hi'], capture_output=True)",
+              baseline="test_subprocess_echo_capture")
+    assert sandbox_ok(r).stdout == b"hi\n"
 
 
 @pytest.mark.benchmark(group=GROUP)
 def test_cold_true(benchmark, rootfs):
-    r = _bench(benchmark, lambda: pysandbox.run(["/bin/true"], rootfs),
-               rounds=COLD_ROUNDS, warmup=COLD_WARMUP,
-               label="cold pysandbox.run(['/bin/true'], rootfs)")
-    _sandbox_ok(r)
+    r = bench(benchmark, lambda: pysandbox.run([TRUE], rootfs),
+              rounds=COLD_ROUNDS, warmup=COLD_WARMUP,
+              label="cold pysandbox.run(['/bin/true'], rootfs)")
+    sandbox_ok(r)
 
 
 @pytest.mark.benchmark(group=GROUP)
 def test_cold_true_network_host(benchmark, rootfs):
-    r = _bench(benchmark,
-               lambda: pysandbox.run(["/bin/true"], rootfs, network="host"),
-               rounds=COLD_ROUNDS, warmup=COLD_WARMUP,
-               label="cold pysandbox.run(..., rootfs, network='host')")
-    _sandbox_ok(r)
+    r = bench(benchmark,
+              lambda: pysandbox.run([TRUE], rootfs, network="host"),
+              rounds=COLD_ROUNDS, warmup=COLD_WARMUP,
+              label="cold pysandbox.run(..., rootfs, network='host')")
+    sandbox_ok(r)
 
 
 @pytest.mark.benchmark(group=GROUP)
 def test_cold_true_default_root(benchmark):
-    r = _bench(benchmark, lambda: pysandbox.run(["/bin/true"]),
-               rounds=COLD_ROUNDS, warmup=COLD_WARMUP,
-               label="cold pysandbox.run(['/bin/true']) [rootfs=None]")
-    _sandbox_ok(r)
+    r = bench(benchmark, lambda: pysandbox.run([TRUE]),
+              rounds=COLD_ROUNDS, warmup=COLD_WARMUP,
+              label="cold pysandbox.run(['/bin/true']) [rootfs=None]")
+    sandbox_ok(r)
 
 
 @pytest.mark.benchmark(group=GROUP)
-@pytest.mark.skipif(BWRAP is None, reason="bwrap (bubblewrap) not installed")
-def test_anchor_bwrap(benchmark, rootfs):
-    argv = [BWRAP, "--unshare-all", "--ro-bind", rootfs, "/", "--proc", "/proc",
-            "--dev", "/dev", "/bin/true"]
-    r = _bench(benchmark, lambda: subprocess.run(argv, capture_output=True),
-               rounds=COLD_ROUNDS, warmup=COLD_WARMUP,
-               label="anchor: bwrap --unshare-all --ro-bind rootfs /")
-    _ok(r)
+def test_cold_true_anchor_rootfs(benchmark, anchor_rootfs):
+    path, what = anchor_rootfs
+    r = bench(benchmark, lambda: pysandbox.run([TRUE], path),
+              rounds=COLD_ROUNDS, warmup=COLD_WARMUP,
+              label=f"cold pysandbox.run(['/bin/true']) [{what}, as anchors]")
+    sandbox_ok(r)
 
 
 @pytest.mark.benchmark(group=GROUP)
-@pytest.mark.skipif(UNSHARE is None, reason="unshare (util-linux) not installed")
-def test_anchor_unshare(benchmark, rootfs):
-    argv = [UNSHARE, "--user", "--map-root-user", "--mount", "--pid", "--fork",
-            "--uts", "--ipc", "--net", "--cgroup", "--mount-proc",
-            f"--root={rootfs}", "/bin/true"]
-    r = _bench(benchmark, lambda: subprocess.run(argv, capture_output=True),
-               rounds=COLD_ROUNDS, warmup=COLD_WARMUP,
-               label="anchor: unshare (user,mnt,pid,uts,ipc,net,cgroup) --root")
-    _ok(r)
+def test_pool_checkout_run(benchmark, pool):
+    """A checkout from a ready pool, one run, the check-in (the sandbox is
+    killed; reaping and the replacement happen in the pool's thread, after
+    the round: the setup waits for the pool to be full again, untimed)."""
+    run, pids = _pool_run(pool)
+    r = bench(benchmark, run, rounds=COLD_ROUNDS, warmup=COLD_WARMUP, setup=pool.wait_ready,
+              label=f"pool checkout + run + check-in (pool of {POOL_SIZE} ready)")
+    sandbox_ok(r)
+    assert len(set(pids)) == len(pids)     # a fresh sandbox every round
 
 
-# -- group "spawn-parent-2GB" (PYSANDBOX_BENCH_BIG=1) ----------------------
+@pytest.mark.benchmark(group=GROUP)
+def test_pool_checkout_run_back_to_back(benchmark, pool):
+    """The same, back to back: the pool's one thread must rebuild a sandbox
+    per round, so this is bound by the cold build (throughput, not latency)."""
+    run, pids = _pool_run(pool)
+    r = bench(benchmark, run, rounds=COLD_ROUNDS, warmup=COLD_WARMUP,
+              label=f"pool checkout + run + check-in, back to back (pool of {POOL_SIZE})")
+    sandbox_ok(r)
+    assert len(set(pids)) == len(pids)
+
+
+def _anchor_test(benchmark, anchor_set, anchor_rootfs, name):
+    found, skipped = anchor_set
+    if name not in found:
+        pytest.skip(skipped.get(name, f"{name} not available"))
+    a = found[name]
+    rounds, warmup = (RUNC_ROUNDS, RUNC_WARMUP) if name == "runc" else (COLD_ROUNDS, COLD_WARMUP)
+    rc = bench(benchmark, a.run_once, rounds=rounds, warmup=warmup,
+               label=f"anchor: {a.label} [{anchor_rootfs[1]}]")
+    if a.note:
+        benchmark.extra_info["note"] = a.note
+    assert rc == 0
+
+
+@pytest.mark.benchmark(group=GROUP)
+def test_anchor_bwrap(benchmark, anchor_set, anchor_rootfs):
+    _anchor_test(benchmark, anchor_set, anchor_rootfs, "bwrap")
+
+
+@pytest.mark.benchmark(group=GROUP)
+def test_anchor_unshare(benchmark, anchor_set, anchor_rootfs):
+    _anchor_test(benchmark, anchor_set, anchor_rootfs, "unshare")
+
+
+@pytest.mark.benchmark(group=GROUP)
+def test_anchor_crun(benchmark, anchor_set, anchor_rootfs):
+    _anchor_test(benchmark, anchor_set, anchor_rootfs, "crun")
+
+
+@pytest.mark.benchmark(group=GROUP)
+def test_anchor_runc(benchmark, anchor_set, anchor_rootfs):
+    _anchor_test(benchmark, anchor_set, anchor_rootfs, "runc")
+
+
+@pytest.mark.benchmark(group=GROUP)
+def test_anchor_crun_launcher_round_trip(benchmark, anchor_set):
+    """What the crun workaround adds to each crun round: the launcher's pipe
+    round trip plus its subprocess.run, here of a plain /bin/true."""
+    found, skipped = anchor_set
+    a = found.get("crun")
+    if a is None:
+        pytest.skip(skipped.get("crun", "crun not available"))
+    if a.launcher is None:
+        pytest.skip("crun runs directly here (no hybrid-cgroup launcher)")
+    rc = bench(benchmark, lambda: a.launcher.run([TRUE])[0], rounds=WARM_ROUNDS,
+               warmup=WARM_WARMUP,
+               label="  (crun launcher overhead: round trip running /bin/true)")
+    assert rc == 0
+
+
+# -- groups "spawn-parent-<N>GB" (PYSANDBOX_BENCH_BIG=1) ---------------------
 # The memory is held by a class-scoped fixture, so it is freed when the
-# class ends; the warm sandbox is opened while the memory is held.
+# class ends; the warm sandbox and the pool are made while it is held.
 
 @pytest.mark.usefixtures("big_parent")
 class TestBigParent:
 
-    @pytest.mark.benchmark(group=BIG_GROUP)
+    @pytest.fixture(autouse=True)
+    def _group(self, big_parent, benchmark):
+        benchmark.group = big_group(big_parent)
+
     def test_subprocess_true(self, benchmark):
-        _ok(_bench(benchmark, _subprocess_true, rounds=WARM_ROUNDS, warmup=WARM_WARMUP,
-                   label="subprocess.run(['/bin/true'])", compare_to_group=GROUP))
+        ok(bench(benchmark, subprocess_true, rounds=WARM_ROUNDS, warmup=WARM_WARMUP,
+                 label="subprocess.run(['/bin/true'])", compare_to_group=GROUP))
 
-    @pytest.mark.benchmark(group=BIG_GROUP)
-    def test_fork_exec_true(self, benchmark):
-        rc = _bench(benchmark, _fork_exec_true, rounds=FORK_ROUNDS, warmup=FORK_WARMUP,
-                    label="anchor: os.fork + execv /bin/true", compare_to_group=GROUP)
-        assert rc == 0
-
-    @pytest.mark.benchmark(group=BIG_GROUP)
     @pytest.mark.parametrize("warm_sandbox", ["tiny"], indirect=True, ids=["tiny_rootfs"])
     def test_warm_true(self, benchmark, warm_sandbox):
-        r = _bench(benchmark, lambda: warm_sandbox.run(["/bin/true"]),
-                   rounds=WARM_ROUNDS, warmup=WARM_WARMUP,
-                   label="warm s.run(['/bin/true']) [tiny_rootfs]",
-                   compare_to_group=GROUP)
-        _sandbox_ok(r)
+        r = bench(benchmark, lambda: warm_sandbox.run([TRUE]),
+                  rounds=WARM_ROUNDS, warmup=WARM_WARMUP,
+                  label="warm s.run(['/bin/true']) [tiny_rootfs]",
+                  compare_to_group=GROUP)
+        sandbox_ok(r)
 
-    @pytest.mark.benchmark(group=BIG_GROUP)
     def test_cold_true(self, benchmark, rootfs):
-        r = _bench(benchmark, lambda: pysandbox.run(["/bin/true"], rootfs),
-                   rounds=COLD_ROUNDS, warmup=COLD_WARMUP,
-                   label="cold pysandbox.run(['/bin/true'], rootfs)",
-                   compare_to_group=GROUP)
-        _sandbox_ok(r)
+        r = bench(benchmark, lambda: pysandbox.run([TRUE], rootfs),
+                  rounds=COLD_ROUNDS, warmup=COLD_WARMUP,
+                  label="cold pysandbox.run(['/bin/true'], rootfs)",
+                  compare_to_group=GROUP)
+        sandbox_ok(r)
+
+    def test_pool_checkout_run(self, benchmark, pool):
+        run, pids = _pool_run(pool)
+        r = bench(benchmark, run, rounds=COLD_ROUNDS, warmup=COLD_WARMUP,
+                  setup=pool.wait_ready,
+                  label=f"pool checkout + run + check-in (pool of {POOL_SIZE} ready)",
+                  compare_to_group=GROUP)
+        sandbox_ok(r)
+        assert len(set(pids)) == len(pids)
+
+    # last: forking a big parent leaves work behind (copied page tables,
+    # copy-on-write faults) that would disturb the rows measured after it
+    def test_fork_exec_true(self, benchmark):
+        rc = bench(benchmark, fork_exec_true, rounds=FORK_ROUNDS, warmup=FORK_WARMUP,
+                   label="anchor: os.fork + execv /bin/true", compare_to_group=GROUP)
+        assert rc == 0

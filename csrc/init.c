@@ -919,70 +919,6 @@ static void kill_tree(int children, pid_t cmd, int *cmd_reaped, int chan)
     } while (reap_children(cmd, cmd_reaped, chan, 1) == 0);
 }
 
-static void supervise(struct run_request *r)
-{
-    struct exec_status st = { 0, 0, -1 };
-    sigset_t set;
-    pid_t cmd;
-    int cmd_reaped = 0, children;
-
-    prctl(PR_SET_CHILD_SUBREAPER, 1);
-    sigemptyset(&set);
-    sigaddset(&set, SIGCHLD);
-    sigaddset(&set, SIGRTMIN);
-    sigprocmask(SIG_BLOCK, &set, NULL);
-
-    {
-        char path[64];
-        snprintf(path, sizeof path, "/proc/self/task/%d/children", (int)getpid());
-        children = open(path, O_RDONLY | O_CLOEXEC);
-    }
-    cmd = vfork();
-    if (cmd == 0) {
-        exec_command(r, &st);
-        _exit(127);
-    }
-    if (cmd < 0) {
-        send_simple(r->chan, PS_REC_SPAWN_FAILED, PS_STEP_FORK, errno, -1, 0);
-        _exit(0);
-    }
-    close(r->in);
-    close(r->out);
-    close(r->err);
-    for (int i = 0; i < r->n_cgroup_fds; i++)
-        close(r->cgroup_fds[i]);
-    if (st.err) {
-        int status;
-        while (waitpid(cmd, &status, 0) < 0 && errno == EINTR)
-            ;
-        send_simple(r->chan, PS_REC_SPAWN_FAILED, st.step, st.err, st.index, 0);
-        _exit(0);
-    }
-    /* run() does not need the pid before the exit: one wakeup less */
-    if (!(r->h.flags & PS_RUN_QUIET_SPAWN))
-        send_simple(r->chan, PS_REC_SPAWNED, 0, 0, -1, cmd);
-
-    for (;;) {
-        siginfo_t info;
-        int sig = sigwaitinfo(&set, &info);
-        if (sig == SIGRTMIN) {
-            /* requests come from init only (pid 1), never from a command */
-            if (info.si_code != SI_QUEUE || info.si_pid != 1)
-                continue;
-            int what = info.si_value.sival_int;
-            if (what < 0) {
-                kill_tree(children, cmd, &cmd_reaped, r->chan);
-                _exit(0);
-            }
-            if (!cmd_reaped && what > 0)
-                kill(cmd, what);
-        } else if (sig == SIGCHLD) {
-            if (reap_children(cmd, &cmd_reaped, r->chan, 0) < 0)
-                _exit(0);
-        }
-    }
-}
-
 static int parse_request(char *buf, size_t size, struct run_request *r)
 {
     const char *p = buf, *end = buf + size;
@@ -1020,41 +956,35 @@ static int parse_request(char *buf, size_t size, struct run_request *r)
     return 0;
 }
 
-/* run_id -> supervisor pid, for signal requests */
-struct live_run {
-    uint32_t run_id;
-    pid_t sup;
-    struct live_run *next;
-};
-static struct live_run *live_runs;
+/* ------------------------------------------------------------------ */
+/* supervisors                                                          */
+/*
+ * A supervisor is a fork of init that serves runs, one at a time: it waits
+ * on the run queue (fd 4, where Python sends run requests), takes one,
+ * vforks and execs the command, reports the exit on the run's channel,
+ * reaps what the command left (it is their subreaper), and then goes back
+ * to the queue.  Init keeps at least one idle supervisor, so neither a fork
+ * nor a hop through init is on a run's path; steady runs fork nothing but
+ * the command.  Supervisors tell init when they take a run and when they
+ * are idle again, so that init can route signals and fork more when all
+ * are busy.
+ */
 
-static void forget_run(pid_t sup)
-{
-    for (struct live_run **p = &live_runs; *p; p = &(*p)->next) {
-        if ((*p)->sup == sup) {
-            struct live_run *dead = *p;
-            *p = dead->next;
-            free(dead);
-            return;
-        }
-    }
-}
+enum { SUP_TOOK = 1, SUP_IDLE = 2 };
+struct sup_notice {
+    uint32_t kind;
+    uint32_t run_id;
+};
+
+/* sival_ptr of a signal request: run id and what to do */
+#define SIGREQ(run_id, what) ((void *)(uintptr_t)(((uint64_t)(run_id) << 32) | (uint32_t)(what)))
+#define SIGREQ_TREE 0xffffffffu
 
 static int sig_fd = -1;
-static void sweep_unowned(void);
 
-/* The spare supervisor: forked ahead of time, it waits on the run queue
- * (fd 4, where Python sends run requests), so that neither a fork nor a hop
- * through init is on a run's critical path.  Having taken one request it
- * tells init which run it serves (init then forks the next spare) and
- * becomes that run's supervisor. */
-static pid_t spare_pid = -1;
-static int spare_sock = -1;   /* init's end: the spare's "took run N" notice */
-
-
-/* In the spare, before any request: the commands' bounding set, ambient
- * cleared.  The supervisor keeps its own permitted set (it may raise
- * rlimits, set ids); only what an execve can gain is limited. */
+/* In a supervisor, once: the commands' bounding set, ambient cleared.  The
+ * supervisor keeps its own permitted set (it may raise rlimits, set ids);
+ * only what an execve can gain is limited. */
 static int drop_bounding_set(void)
 {
     if (!(plan_flags & PS_PLAN_CAPS))
@@ -1073,12 +1003,69 @@ static int drop_bounding_set(void)
     return 0;
 }
 
-static void spare_main(int sock)
+/* Serve one run.  Returns when the command and everything it left are
+ * gone (or have been killed). */
+static void serve_run(struct run_request *r, int children, const sigset_t *set)
 {
-    char *buf = NULL;
-    int fds[4 + PS_MAX_CGROUP_FDS], n_fds = 0;
-    struct run_request r;
-    ssize_t n;
+    struct exec_status st = { 0, 0, -1 };
+    pid_t cmd;
+    int cmd_reaped = 0;
+
+    cmd = vfork();
+    if (cmd == 0) {
+        exec_command(r, &st);
+        _exit(127);
+    }
+    int vfork_errno = errno;
+    close(r->in);
+    close(r->out);
+    close(r->err);
+    for (int i = 0; i < r->n_cgroup_fds; i++)
+        close(r->cgroup_fds[i]);
+    if (cmd < 0) {
+        send_simple(r->chan, PS_REC_SPAWN_FAILED, PS_STEP_FORK, vfork_errno, -1, 0);
+        return;
+    }
+    if (st.err) {
+        int status;
+        while (waitpid(cmd, &status, __WALL) < 0 && errno == EINTR)
+            ;
+        send_simple(r->chan, PS_REC_SPAWN_FAILED, st.step, st.err, st.index, 0);
+        return;
+    }
+    /* run() does not need the pid before the exit: one wakeup less */
+    if (!(r->h.flags & PS_RUN_QUIET_SPAWN))
+        send_simple(r->chan, PS_REC_SPAWNED, 0, 0, -1, cmd);
+
+    for (;;) {
+        siginfo_t info;
+        int sig = sigwaitinfo(set, &info);
+        if (sig == SIGRTMIN) {
+            /* requests come from init only (pid 1), never from a command,
+             * and must be for this run (not a late one for the last) */
+            uint64_t v = (uint64_t)(uintptr_t)info.si_value.sival_ptr;
+            if (info.si_code != SI_QUEUE || info.si_pid != 1 ||
+                (uint32_t)(v >> 32) != r->h.run_id)
+                continue;
+            uint32_t what = (uint32_t)v;
+            if (what == SIGREQ_TREE) {
+                kill_tree(children, cmd, &cmd_reaped, r->chan);
+                return;
+            }
+            if (!cmd_reaped && what > 0)
+                kill(cmd, (int)what);
+        } else if (sig == SIGCHLD) {
+            if (reap_children(cmd, &cmd_reaped, r->chan, 0) < 0)
+                return; /* nothing of the run is left */
+        }
+    }
+}
+
+static void supervisor_main(int sock)
+{
+    sigset_t set;
+    int children, cap_err;
+    char path[64];
 
     close(CTRL_FD);
     if (sig_fd >= 0)
@@ -1087,86 +1074,165 @@ static void spare_main(int sock)
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     if (getppid() != 1)
         _exit(0); /* init died before the prctl */
-    int cap_err = drop_bounding_set() < 0 ? errno : 0;
-    n = recv_message(RUNQ_FD, &buf, fds, 4 + PS_MAX_CGROUP_FDS, &n_fds);
-    if (n <= 0)
-        _exit(0);
-    close(RUNQ_FD);
-    memset(&r, 0, sizeof r);
-    if (n_fds < 4 || parse_request(buf, (size_t)n, &r) < 0 || r.h.type != PS_REQ_RUN) {
-        if (n_fds >= 1)
-            send_simple(fds[0], PS_REC_SPAWN_FAILED, PS_STEP_FORK, EINVAL, -1, 0);
-        _exit(0);
+    prctl(PR_SET_CHILD_SUBREAPER, 1);
+    cap_err = drop_bounding_set() < 0 ? errno : 0;
+    sigemptyset(&set);
+    sigaddset(&set, SIGCHLD);
+    sigaddset(&set, SIGRTMIN);
+    sigprocmask(SIG_BLOCK, &set, NULL);
+    snprintf(path, sizeof path, "/proc/self/task/%d/children", (int)getpid());
+    children = open(path, O_RDONLY | O_CLOEXEC);
+
+    for (;;) {
+        char *buf = NULL;
+        int fds[4 + PS_MAX_CGROUP_FDS], n_fds = 0;
+        struct run_request r;
+        struct sup_notice note;
+        struct timespec zero = { 0, 0 };
+        ssize_t n = recv_message(RUNQ_FD, &buf, fds, 4 + PS_MAX_CGROUP_FDS, &n_fds);
+        if (n <= 0) {
+            if (n < 0 && errno == EINTR)
+                continue;
+            _exit(0); /* the sandbox is closing */
+        }
+        memset(&r, 0, sizeof r);
+        note.kind = SUP_TOOK;
+        note.run_id = 0;
+        if (n_fds >= 4 && parse_request(buf, (size_t)n, &r) == 0 && r.h.type == PS_REQ_RUN)
+            note.run_id = r.h.run_id;
+        if (send(sock, &note, sizeof note, MSG_NOSIGNAL) < 0)
+            _exit(0);
+        if (note.run_id == 0 || cap_err) {
+            if (n_fds >= 1)
+                send_simple(fds[0], PS_REC_SPAWN_FAILED,
+                            cap_err ? PS_STEP_CAPS : PS_STEP_FORK,
+                            cap_err ? cap_err : EINVAL, -1, 0);
+            for (int i = 0; i < n_fds; i++)
+                close(fds[i]);
+        } else {
+            r.chan = fds[0];
+            r.in = fds[1];
+            r.out = fds[2];
+            r.err = fds[3];
+            r.n_cgroup_fds = n_fds - 4;
+            memcpy(r.cgroup_fds, fds + 4, sizeof(int) * (size_t)r.n_cgroup_fds);
+            serve_run(&r, children, &set);
+            close(r.chan);
+        }
+        free(r.argv);
+        free(r.envp);
+        free(buf);
+        /* forget signal requests that came too late for that run */
+        while (sigtimedwait(&set, NULL, &zero) > 0)
+            ;
+        note.kind = SUP_IDLE;
+        if (send(sock, &note, sizeof note, MSG_NOSIGNAL) < 0)
+            _exit(0);
     }
-    if (send(sock, &r.h.run_id, sizeof r.h.run_id, MSG_NOSIGNAL) < 0)
-        _exit(0);
-    close(sock);
-    if (cap_err) {
-        send_simple(fds[0], PS_REC_SPAWN_FAILED, PS_STEP_CAPS, cap_err, -1, 0);
-        _exit(0);
-    }
-    r.chan = fds[0];
-    r.in = fds[1];
-    r.out = fds[2];
-    r.err = fds[3];
-    r.n_cgroup_fds = n_fds - 4;
-    memcpy(r.cgroup_fds, fds + 4, sizeof(int) * (size_t)r.n_cgroup_fds);
-    supervise(&r);
 }
 
-static int make_spare(void)
+/* init's view of its supervisors */
+struct sup {
+    pid_t pid;
+    int sock;           /* init's end of the supervisor's notices */
+    int busy;
+    uint32_t run_id;    /* when busy */
+    struct sup *next;
+};
+static struct sup *sups;
+static int n_idle_sups;
+static int sup_count;
+
+#define MAX_IDLE_SUPS 4
+#define MAX_POLLED_SUPS 1024
+
+static int make_supervisor(void)
 {
     int sv[2];
     pid_t p;
-    if (spare_pid > 0)
-        return 0;
-    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0)
+    struct sup *s = malloc(sizeof *s);
+    if (!s)
         return -1;
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0) {
+        free(s);
+        return -1;
+    }
     p = fork();
     if (p == 0) {
         close(sv[0]);
-        spare_main(sv[1]);
+        for (struct sup *o = sups; o; o = o->next)
+            close(o->sock);
+        supervisor_main(sv[1]);
     }
     close(sv[1]);
     if (p < 0) {
         int saved = errno;
         close(sv[0]);
+        free(s);
         errno = saved;
         return -1;
     }
-    spare_pid = p;
-    spare_sock = sv[0];
+    s->pid = p;
+    s->sock = sv[0];
+    s->busy = 0;
+    s->run_id = 0;
+    s->next = sups;
+    sups = s;
+    n_idle_sups++;
+    sup_count++;
     return 0;
 }
 
-static void forget_spare(void)
+static struct sup *find_sup(pid_t pid)
 {
-    if (spare_sock >= 0)
-        close(spare_sock);
-    spare_sock = -1;
-    spare_pid = -1;
+    for (struct sup *s = sups; s; s = s->next)
+        if (s->pid == pid)
+            return s;
+    return NULL;
 }
 
-/* The spare took run N: it is that run's supervisor now. */
-static void spare_took_run(void)
+static int is_supervisor(pid_t pid)
 {
-    uint32_t run_id;
-    ssize_t n = recv(spare_sock, &run_id, sizeof run_id, MSG_DONTWAIT);
-    if (n < 0 && (errno == EAGAIN || errno == EINTR))
-        return;
-    if (n == (ssize_t)sizeof run_id) {
-        struct live_run *l = malloc(sizeof *l);
-        if (l) {
-            l->run_id = run_id;
-            l->sup = spare_pid;
-            l->next = live_runs;
-            live_runs = l;
+    return find_sup(pid) != NULL;
+}
+
+/* a supervisor is gone (reaped): forget it */
+static void drop_sup(pid_t pid)
+{
+    for (struct sup **p = &sups; *p; p = &(*p)->next) {
+        if ((*p)->pid == pid) {
+            struct sup *dead = *p;
+            *p = dead->next;
+            if (!dead->busy)
+                n_idle_sups--;
+            sup_count--;
+            close(dead->sock);
+            free(dead);
+            return;
         }
     }
-    forget_spare();
 }
 
-/* No spare could be forked: answer queued run requests with the error. */
+static void read_notice(struct sup *s)
+{
+    struct sup_notice note;
+    ssize_t n = recv(s->sock, &note, sizeof note, MSG_DONTWAIT);
+    if (n != (ssize_t)sizeof note)
+        return; /* EOF: it died; the reaper drops it */
+    if (note.kind == SUP_TOOK && !s->busy) {
+        s->busy = 1;
+        s->run_id = note.run_id;
+        n_idle_sups--;
+    } else if (note.kind == SUP_IDLE && s->busy) {
+        s->busy = 0;
+        s->run_id = 0;
+        n_idle_sups++;
+        if (n_idle_sups > MAX_IDLE_SUPS)
+            kill(s->pid, SIGKILL); /* a burst is over: keep a few */
+    }
+}
+
+/* No supervisor could be forked: answer queued run requests with the error. */
 static void fail_queued_run(int err)
 {
     char *buf = NULL;
@@ -1178,6 +1244,8 @@ static void fail_queued_run(int err)
         close(fds[i]);
     free(buf);
 }
+
+static void sweep_unowned(void);
 
 static void handle_request(void)
 {
@@ -1194,11 +1262,12 @@ static void handle_request(void)
     memset(&r, 0, sizeof r);
     if (parse_request(buf, (size_t)n, &r) == 0 && r.h.type == PS_REQ_SIGNAL) {
         int found = 0;
-        for (struct live_run *l = live_runs; l; l = l->next) {
-            if (l->run_id == r.h.run_id) {
+        uint32_t what = (r.h.flags & PS_SIGNAL_TREE) ? SIGREQ_TREE : r.h.sig;
+        for (struct sup *s = sups; s; s = s->next) {
+            if (s->busy && s->run_id == r.h.run_id) {
                 found = 1;
-                sigqueue(l->sup, SIGRTMIN, (union sigval){
-                    .sival_int = (r.h.flags & PS_SIGNAL_TREE) ? -1 : (int)r.h.sig });
+                sigqueue(s->pid, SIGRTMIN,
+                         (union sigval){ .sival_ptr = SIGREQ(r.h.run_id, what) });
             }
         }
         if (!found && (r.h.flags & PS_SIGNAL_TREE))
@@ -1209,16 +1278,6 @@ static void handle_request(void)
     free(r.argv);
     free(r.envp);
     free(buf);
-}
-
-static int is_supervisor(pid_t pid)
-{
-    if (pid == spare_pid)
-        return 1;
-    for (struct live_run *l = live_runs; l; l = l->next)
-        if (l->sup == pid)
-            return 1;
-    return 0;
 }
 
 /* Every command descends from a supervisor, which is its subreaper, so init
@@ -1232,16 +1291,14 @@ static void sweep_unowned(void)
         int killed = kill_listed_children(children, is_supervisor);
         if (killed <= 0)
             break;
-        /* reap what died (supervisors are reaped by the main loop) */
+        /* reap what died (supervisors too, when they die meanwhile) */
         while (killed > 0) {
             int status;
             pid_t w = waitpid(-1, &status, __WALL);
             if (w <= 0)
                 break;
             if (is_supervisor(w)) {
-                if (w == spare_pid)
-                    forget_spare();
-                forget_run(w);
+                drop_sup(w);
                 continue;
             }
             killed--;
@@ -1262,18 +1319,18 @@ static void reap_orphans(int sfd)
         pid_t w = waitpid(-1, &status, WNOHANG | WUNTRACED | __WALL);
         if (w <= 0)
             break;
+        struct sup *s = find_sup(w);
         if (WIFSTOPPED(status)) {
             /* only a command stops a supervisor: it loses it */
-            if (is_supervisor(w))
+            if (s)
                 kill(w, SIGKILL);
             continue;
         }
-        if (w == spare_pid) {
-            forget_spare();
-        } else if (is_supervisor(w) && WIFSIGNALED(status)) {
-            sweep = 1;
+        if (s) {
+            if (s->busy && WIFSIGNALED(status))
+                sweep = 1;
+            drop_sup(w);
         }
-        forget_run(w);
     }
     if (sweep)
         sweep_unowned();
@@ -1320,6 +1377,16 @@ int main(void)
     free(pl.ops);
     free(buf);
 
+    /* the filter, once for the whole sandbox: attaching (and JIT-compiling)
+     * it per command costs more than the rest of a run's setup */
+    if ((plan_flags & PS_PLAN_FILTER_IN_INIT) && plan_filter.len) {
+        if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &plan_filter) < 0) {
+            send_simple(CTRL_FD, PS_REC_SETUP_FAILED, PS_STEP_SECCOMP, errno, -1, 0);
+            _exit(1);
+        }
+        plan_filter.len = 0; /* inherited, not installed again per run */
+    }
+
     sigemptyset(&mask);
     sigaddset(&mask, SIGCHLD);
     int sfd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
@@ -1331,23 +1398,34 @@ int main(void)
     send_simple(CTRL_FD, PS_REC_READY, 0, 0, -1, getpid());
 
     for (;;) {
-        /* the next spare, forked while the last run's command starts */
-        int spare_err = make_spare() < 0 ? errno : 0;
-        struct pollfd pfd[4] = {
-            { .fd = CTRL_FD, .events = POLLIN },
-            { .fd = sfd, .events = POLLIN },
-            { .fd = spare_sock, .events = POLLIN },
-            { .fd = spare_pid > 0 ? -1 : RUNQ_FD, .events = POLLIN },
-        };
-        if (poll(pfd, 4, -1) < 0)
-            continue;
-        if (pfd[2].revents)
-            spare_took_run(); /* before signals: they may be for that run */
-        if (pfd[1].revents)
-            reap_orphans(sfd);
-        if (pfd[3].revents & POLLIN)
-            fail_queued_run(spare_err ? spare_err : EAGAIN);
-        if (pfd[0].revents & (POLLIN | POLLHUP | POLLERR))
-            handle_request();
+        /* an idle supervisor waits on the run queue at all times; a new one
+         * is forked while the last run's command starts */
+        int make_err = 0;
+        if (n_idle_sups == 0 && make_supervisor() < 0)
+            make_err = errno ? errno : EAGAIN;
+        /* (more than MAX_POLLED_SUPS concurrent runs: the rest of the
+         * notices wait for a later turn of the loop) */
+        static struct pollfd pfd[3 + MAX_POLLED_SUPS];
+        static struct sup *owner[3 + MAX_POLLED_SUPS];
+        int n = 0, max = 3 + MAX_POLLED_SUPS;
+        pfd[n++] = (struct pollfd){ .fd = CTRL_FD, .events = POLLIN };
+        pfd[n++] = (struct pollfd){ .fd = sfd, .events = POLLIN };
+        pfd[n++] = (struct pollfd){ .fd = n_idle_sups > 0 ? -1 : RUNQ_FD, .events = POLLIN };
+        for (struct sup *s = sups; s && n < max; s = s->next) {
+            owner[n] = s;
+            pfd[n++] = (struct pollfd){ .fd = s->sock, .events = POLLIN };
+        }
+        if (poll(pfd, (nfds_t)n, -1) > 0) {
+            /* notices first: a signal request may be for a run just taken */
+            for (int k = 3; k < n; k++)
+                if (pfd[k].revents & POLLIN)
+                    read_notice(owner[k]);
+            if (pfd[1].revents)
+                reap_orphans(sfd);
+            if (pfd[2].revents & POLLIN)
+                fail_queued_run(make_err ? make_err : EAGAIN);
+            if (pfd[0].revents & (POLLIN | POLLHUP | POLLERR))
+                handle_request();
+        }
     }
 }

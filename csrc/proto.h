@@ -77,6 +77,9 @@ enum ps_plan_flags {
     PS_PLAN_LOOPBACK = 1,   /* bring lo up (own network namespace) */
     PS_PLAN_TIME_NS = 2,    /* commands get a new time namespace */
     PS_PLAN_CAPS = 4,       /* supervisors drop the bounding set to cap_bound */
+    PS_PLAN_FILTER_IN_INIT = 8, /* init installs the filter once, after setup:
+                                   supervisors and commands inherit it (a policy
+                                   that leaves what they need allowed) */
 };
 
 struct ps_plan_hdr {

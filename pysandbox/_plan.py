@@ -14,7 +14,7 @@ from ._config import Bind, Tmpfs
 (ROOT_TMPFS, ROOT_OVERLAY, BIND, TMPFS, PROC, DEVPTS, MKDIR, SYMLINK, REMOUNT_RO,
  MQUEUE, BIND_SELF) = range(1, 12)
 F_RDONLY, F_NOSUID, F_NODEV, F_NOEXEC, F_FILE, F_OPTIONAL, F_NO_CREATE = 1, 2, 4, 8, 16, 32, 64
-PLAN_LOOPBACK, PLAN_TIME_NS, PLAN_CAPS = 1, 2, 4
+PLAN_LOOPBACK, PLAN_TIME_NS, PLAN_CAPS, PLAN_FILTER_IN_INIT = 1, 2, 4, 8
 PLAN_MAGIC = 0x31425350
 
 _HDR = struct.Struct("=6IQ")
@@ -120,7 +120,8 @@ def build_ops(cfg):
     ops.append(Op(TMPFS, "/tmp", data="mode=1777", flags=F_NOSUID | F_NODEV))
     for m in cfg.mounts:
         if isinstance(m, Bind):
-            src = os.path.realpath(m.source)
+            # init opens sources in the host's view: symlinks resolve as here
+            src = os.path.abspath(m.source)
             ops.append(Op(BIND, m.target, src=src,
                           flags=(F_RDONLY if m.read_only else 0) | F_NODEV))
         elif isinstance(m, Tmpfs):
@@ -142,6 +143,10 @@ def staging_dir():
 
 def pack_plan(cfg, ops, seccomp_filter=b""):
     flags = PLAN_TIME_NS | PLAN_CAPS | (PLAN_LOOPBACK if cfg.network == "none" else 0)
+    if cfg.seccomp == "default":
+        # the default deny-list leaves all that init and the supervisors do
+        # allowed, so it is installed once in init (custom policies: per run)
+        flags |= PLAN_FILTER_IN_INIT
     hostname = cfg.hostname.encode() + b"\0"
     staging = staging_dir().encode() + b"\0"
     body = b"".join(op.pack() for op in ops)

@@ -65,43 +65,66 @@ class _State:
         self.dead = []            # killed at check-in, still to be reaped
         self.error = None         # a refill failure, for the next checkout
         self.closed = False
-        self.building = False
+        self.busy = False         # the thread is reaping or building
+        self.waiters = 0          # callers blocked in checkout / wait_ready
+        self.last_checkout = 0.0
+
+
+# A replacement is built at once when a caller is waiting or nothing is
+# ready; otherwise the build waits until the checkout ends or this long, so
+# that it does not compete (for the CPU and the GIL) with the first command
+# of the sandbox just handed out.
+REFILL_DELAY = 0.02
+
+
+def _must_wait(st):
+    """Called by the refill thread under st.cond: how long to wait before
+    there is work (0: work now, None: until notified)."""
+    if st.closed or st.dead:
+        return 0
+    if st.error is not None or len(st.idle) >= st.size:
+        return None
+    if not st.idle or st.waiters:
+        return 0
+    return max(0.0, st.last_checkout + REFILL_DELAY - time.monotonic())
 
 
 def _refill(st):
-    """The refill thread: reap checked-in sandboxes, keep `size` ready."""
+    """The refill thread: reap checked-in sandboxes, keep `size` ready.
+    `st.busy` is set while it works outside the lock, and every change is
+    announced with notify_all (wait_ready() waits for busy to clear)."""
     cond = st.cond
     while True:
         with cond:
-            while not st.closed and not st.dead and (
-                    st.error is not None or len(st.idle) >= st.size):
-                cond.wait()
+            while True:
+                left = _must_wait(st)
+                if left == 0:
+                    break
+                cond.wait(left)
             dead, st.dead = st.dead, []
             stop = st.closed
             build = not stop and st.error is None and len(st.idle) < st.size
-            st.building = build
+            st.busy = True
         for s in dead:                   # off the checkout path: waitpid
             _close_quietly(s)
-        if stop:
-            return
-        if not build:
-            continue
-        try:
-            s = Sandbox(st.rootfs, **st.kwargs)
-        except BaseException as exc:     # noqa: BLE001 -- handed to a caller
-            with cond:
-                st.building = False
-                st.error = exc
-                cond.notify_all()
-            continue
+        s = exc = None
+        if build:
+            try:
+                s = Sandbox(st.rootfs, **st.kwargs)
+            except BaseException as e:   # noqa: BLE001 -- handed to a caller
+                exc = e
         with cond:
-            st.building = False
-            if not st.closed:
+            st.busy = False
+            if exc is not None:
+                st.error = exc
+            elif s is not None and not st.closed:
                 st.idle.append(s)
                 s = None
+            stop = stop or st.closed
             cond.notify_all()
         if s is not None:                # the pool was closed meanwhile
             _close_quietly(s)
+        if stop:
             return
 
 
@@ -187,16 +210,17 @@ class SandboxPool:
                     raise exc
                 if st.idle:
                     s = st.idle.popleft()
+                    st.last_checkout = time.monotonic()
                     st.cond.notify_all()          # below size: refill
                     return s
                 if timeout is None:
-                    st.cond.wait()
+                    left = None
                 else:
                     left = deadline - time.monotonic()
                     if left <= 0:
                         raise PoolTimeout(f"no sandbox ready within {timeout} s "
                                           f"(pool of {st.size})")
-                    st.cond.wait(left)
+                self._wait(left)
 
     def checkin(self, s):
         """End a checked-out sandbox: kill it now (its pid namespace dies
@@ -232,7 +256,7 @@ class SandboxPool:
         st = self._state
         deadline = None if timeout is None else time.monotonic() + timeout
         with st.cond:
-            while len(st.idle) < st.size or st.dead or st.building:
+            while len(st.idle) < st.size or st.dead or st.busy:
                 if st.closed:
                     raise SandboxError("the pool is closed")
                 if st.error is not None:
@@ -240,13 +264,24 @@ class SandboxPool:
                     st.cond.notify_all()
                     raise exc
                 if deadline is None:
-                    st.cond.wait()
+                    left = None
                 else:
                     left = deadline - time.monotonic()
                     if left <= 0:
                         return False
-                    st.cond.wait(left)
+                self._wait(left)
             return True
+
+    def _wait(self, timeout):
+        """Wait on the condition (held) as a waiter: the refill thread
+        builds at once while someone waits."""
+        st = self._state
+        st.waiters += 1
+        try:
+            st.cond.notify_all()
+            st.cond.wait(timeout)
+        finally:
+            st.waiters -= 1
 
     # -- end ---------------------------------------------------------------
     def close(self):
