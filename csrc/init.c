@@ -1396,13 +1396,12 @@ int main(void)
         _exit(1);
     }
     send_simple(CTRL_FD, PS_REC_READY, 0, 0, -1, getpid());
+    make_supervisor(); /* the first, while the parent reads READY */
 
     for (;;) {
-        /* an idle supervisor waits on the run queue at all times; a new one
-         * is forked while the last run's command starts */
-        int make_err = 0;
-        if (n_idle_sups == 0 && make_supervisor() < 0)
-            make_err = errno ? errno : EAGAIN;
+        /* supervisors are forked on demand: when a run request waits and
+         * none is idle (sequential runs reuse the same one; a one-shot
+         * sandbox forks exactly one) */
         /* (more than MAX_POLLED_SUPS concurrent runs: the rest of the
          * notices wait for a later turn of the loop) */
         static struct pollfd pfd[3 + MAX_POLLED_SUPS];
@@ -1422,8 +1421,8 @@ int main(void)
                     read_notice(owner[k]);
             if (pfd[1].revents)
                 reap_orphans(sfd);
-            if (pfd[2].revents & POLLIN)
-                fail_queued_run(make_err ? make_err : EAGAIN);
+            if ((pfd[2].revents & POLLIN) && n_idle_sups == 0 && make_supervisor() < 0)
+                fail_queued_run(errno ? errno : EAGAIN);
             if (pfd[0].revents & (POLLIN | POLLHUP | POLLERR))
                 handle_request();
         }
