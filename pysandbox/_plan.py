@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import struct
+import time
 
 from ._caps import cap_mask
 from ._config import Bind, Tmpfs
@@ -25,11 +26,9 @@ _OP = struct.Struct("=6I")
 HOST_SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32")
 HOST_ETC_ALLOW = (
     "passwd", "group", "hosts", "host.conf", "nsswitch.conf", "resolv.conf",
-    "ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime", "timezone",
-    "os-release", "protocols", "services", "ssl", "ca-certificates",
-    "ca-certificates.conf", "alternatives", "mime.types", "profile", "bash.bashrc",
-    "inputrc", "debian_version", "environment", "shells", "magic", "terminfo",
-    "python3", "python3.11",
+    "ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime", "os-release",
+    "protocols", "services", "ssl", "ca-certificates", "alternatives",
+    "profile", "bash.bashrc", "shells", "terminfo",
 )
 DEV_NODES = ("null", "zero", "full", "random", "urandom", "tty")
 DEV_LINKS = (("ptmx", "pts/ptmx"), ("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
@@ -59,7 +58,22 @@ def _overlay_escape(path):
     return path.replace("\\", "\\\\").replace(":", "\\:").replace(",", "\\,")
 
 
+_default_root_cache = (0.0, None)
+
+
 def _default_root_ops():
+    """The ops of the embedded root (cached for a few seconds: the host's
+    system directories and /etc names rarely change; each op is a few stats)."""
+    global _default_root_cache
+    now = time.monotonic()
+    made, ops = _default_root_cache
+    if ops is None or now - made > 5.0:
+        ops = _make_default_root_ops()
+        _default_root_cache = (now, ops)
+    return list(ops)
+
+
+def _make_default_root_ops():
     ops = [Op(ROOT_TMPFS, "/", data="mode=0755")]
     for d in HOST_SYSTEM_DIRS:
         if os.path.islink(d):
