@@ -1143,7 +1143,6 @@ static struct sup *sups;
 static int n_idle_sups;
 static int sup_count;
 
-#define MAX_IDLE_SUPS 4
 #define MAX_POLLED_SUPS 1024
 
 static int make_supervisor(void)
@@ -1227,8 +1226,8 @@ static void read_notice(struct sup *s)
         s->busy = 0;
         s->run_id = 0;
         n_idle_sups++;
-        if (n_idle_sups > MAX_IDLE_SUPS)
-            kill(s->pid, SIGKILL); /* a burst is over: keep a few */
+        /* (no culling after a burst: an idle supervisor may already have
+         * taken the next request, its notice still on the way) */
     }
 }
 

@@ -667,3 +667,19 @@ def test_parity_with_subprocess_run(case):
     with Sandbox() as s:
         got = _outcome(s.run, args, dict(kwargs))
     assert got == expected
+
+
+def test_many_threads_share_one_sandbox():
+    # bursts of concurrent runs: supervisors are forked on demand and reused;
+    # none may be lost or killed under a run (every run returns its own code)
+    from concurrent.futures import ThreadPoolExecutor
+    with pysandbox.Sandbox() as s:
+        def work(i):
+            return [s.run(["sh", "-c", f"exit {(i + k) % 7}"]).returncode for k in range(25)]
+        for _ in range(3):   # burst, calm, burst: idle supervisors get reused
+            with ThreadPoolExecutor(max_workers=8) as ex:
+                got = list(ex.map(work, range(8)))
+            assert got == [[(i + k) % 7 for k in range(25)] for i in range(8)]
+        ps = s.run(["ps", "-e", "-o", "comm="], capture_output=True, text=True).stdout.split()
+        assert ps.count("pysandbox-init") == 1
+        assert 1 <= ps.count("pysandbox-run") <= 9   # at most the peak concurrency, +1
