@@ -12,6 +12,22 @@ def rootfs(tmp_path_factory):
 
 
 @pytest.fixture
+def sb():
+    """A sandbox on the default root (the host's /usr: python3, ps, seq...)."""
+    from pysandbox import Sandbox
+    with Sandbox() as s:
+        yield s
+
+
+@pytest.fixture
+def tiny(rootfs):
+    """A sandbox on the tiny rootfs."""
+    from pysandbox import Sandbox
+    with Sandbox(rootfs) as s:
+        yield s
+
+
+@pytest.fixture
 def no_leaks():
     """Fails the test if it leaves a sandbox process, a child, an fd or a
     mount of this process's namespace behind."""

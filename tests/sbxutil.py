@@ -3,6 +3,7 @@ host binaries, and leak probes."""
 import os
 import shutil
 import subprocess
+import time
 
 IS_ROOT = os.geteuid() == 0
 ROOTFS_TOOLS = ("sh", "cat", "ls", "id", "true", "false", "sleep", "echo", "mkdir",
@@ -110,3 +111,36 @@ def child_pids():
         if fields[1] == me:
             out.append(int(d))
     return out
+
+
+def sh_run(s, script, **kw):
+    """Run a shell script in sandbox s: the result, output as text."""
+    kw.setdefault("timeout", 20)
+    return s.run(["sh", "-c", script], capture_output=True, text=True, **kw)
+
+
+def sh_ok(s, script, **kw):
+    """sh_run that must succeed: its stdout."""
+    r = sh_run(s, script, **kw)
+    assert r.returncode == 0, f"{script!r} -> {r.returncode}: {r.stderr}"
+    return r.stdout
+
+
+def wait_until(cond, timeout=5.0):
+    """Poll cond() until it is true or timeout passes; return its last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = cond()
+        if v or time.monotonic() > deadline:
+            return v
+        time.sleep(0.01)
+
+
+def alive(pid):
+    """True if pid exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")

@@ -8,6 +8,7 @@ import socket
 import pytest
 
 from sbxutil import tree_snapshot
+from sbxutil import sh_ok as ok, sh_run as sh
 from pysandbox import Bind, Sandbox, SetupError, Tmpfs
 
 pytestmark = pytest.mark.timeout(60)
@@ -15,15 +16,6 @@ pytestmark = pytest.mark.timeout(60)
 EROFS_TEXT = "Read-only file system"
 
 
-def sh(s, script, **kw):
-    kw.setdefault("timeout", 20)
-    return s.run(["sh", "-c", script], capture_output=True, text=True, **kw)
-
-
-def ok(s, script, **kw):
-    r = sh(s, script, **kw)
-    assert r.returncode == 0, f"{script!r} -> {r.returncode}: {r.stderr}"
-    return r.stdout
 
 
 def mountinfo(text):

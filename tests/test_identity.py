@@ -6,20 +6,12 @@ import os
 import pytest
 
 from sbxutil import IS_ROOT, init_pids
+from sbxutil import sh_ok as ok, sh_run as sh
 from pysandbox import Bind, Sandbox
 
 pytestmark = pytest.mark.timeout(60)
 
 
-def sh(s, script, **kw):
-    kw.setdefault("timeout", 20)
-    return s.run(["sh", "-c", script], capture_output=True, text=True, **kw)
-
-
-def ok(s, script, **kw):
-    r = sh(s, script, **kw)
-    assert r.returncode == 0, f"{script!r} -> {r.returncode}: {r.stderr}"
-    return r.stdout
 
 
 def ids(s, **kw):

@@ -12,34 +12,13 @@ import time
 import pytest
 
 from sbxutil import init_pids
+from sbxutil import alive, sh_run as sh, wait_until
 from pysandbox import Sandbox, SandboxError
 
 pytestmark = pytest.mark.timeout(120)
 
 
-def sh(s, script, **kw):
-    kw.setdefault("timeout", 20)
-    return s.run(["sh", "-c", script], capture_output=True, text=True, **kw)
 
-
-def wait_until(cond, timeout=5.0):
-    """Poll cond() until it is true or timeout passes; return its last value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        v = cond()
-        if v or time.monotonic() > deadline:
-            return v
-        time.sleep(0.02)
-
-
-def alive(pid):
-    """True if pid exists and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            state = f.read().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return state not in ("Z", "X")
 
 
 def start_ticks(pid):

@@ -8,6 +8,7 @@ import time
 import pytest
 
 from sbxutil import child_pids, init_pids, open_fds
+from sbxutil import alive, sh_run as sh, wait_until
 from pysandbox import Bind, Sandbox, SandboxError, SandboxPool, SetupError
 from pysandbox._pool import PoolTimeout
 
@@ -16,28 +17,7 @@ pytestmark = pytest.mark.timeout(120)
 REFILL_THREAD = "pysandbox-pool-refill"
 
 
-def sh(s, script, **kw):
-    kw.setdefault("timeout", 20)
-    return s.run(["sh", "-c", script], capture_output=True, text=True, **kw)
 
-
-def wait_until(cond, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = cond()
-        if v or time.monotonic() > deadline:
-            return v
-        time.sleep(0.01)
-
-
-def alive(pid):
-    """True if pid exists and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            state = f.read().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return state not in ("Z", "X")
 
 
 def pid_ns_members(ns_link):

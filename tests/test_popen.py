@@ -13,19 +13,6 @@ from pysandbox import DEVNULL, PIPE, STDOUT, Sandbox
 pytestmark = pytest.mark.timeout(120)
 
 
-@pytest.fixture
-def sb():
-    """A sandbox on the default root (the host's /usr: python3, ps, seq...)."""
-    with Sandbox() as s:
-        yield s
-
-
-@pytest.fixture
-def tiny(rootfs):
-    with Sandbox(rootfs) as s:
-        yield s
-
-
 def sh(script):
     return ["sh", "-c", script]
 

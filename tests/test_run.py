@@ -19,19 +19,6 @@ pytestmark = pytest.mark.timeout(120)
 MB = 1 << 20
 
 
-@pytest.fixture
-def sb():
-    """A sandbox on the default root (the host's /usr: python3, ps, seq...)."""
-    with Sandbox() as s:
-        yield s
-
-
-@pytest.fixture
-def tiny(rootfs):
-    with Sandbox(rootfs) as s:
-        yield s
-
-
 def sh(script):
     return ["sh", "-c", script]
 
