@@ -493,6 +493,13 @@ class _Group:
     # ---- stats ----------------------------------------------------------
 
     def _stat_source(self, key, versions=_PREFERENCE):
+        cache = self.__dict__.setdefault("_sources", {})
+        hit = cache.get((key, versions))
+        if hit is None:
+            hit = cache[(key, versions)] = self._find_stat_source(key, versions)
+        return hit
+
+    def _find_stat_source(self, key, versions):
         for v in versions:
             for h, d in self._dirs.items():
                 if h.version != v:
@@ -634,7 +641,9 @@ def _open_procs(dirs):
 
 
 class RunCgroup(_Group):
-    """The cgroup of one run ("run-N") in every hierarchy of its sandbox.
+    """The cgroup of one run ("run-N") in the hierarchies a run needs (see
+    SandboxCgroup._run_hierarchies); in the others the command stays where
+    it was born, in the sandbox's cgroup, under the same limits.
 
     `procs_fds`: cgroup.procs of the run cgroup in each hierarchy, opened
     O_WRONLY|O_CLOEXEC.  The command writes "0" to each before exec (the
@@ -645,6 +654,9 @@ class RunCgroup(_Group):
         super().__init__(dirs)
         self.name = name
         self._sandbox = sandbox
+        # a run has the files its sandbox has, in the same hierarchies:
+        # where each figure is read is looked up once per sandbox
+        self._sources = sandbox._run_sources(self._dirs)
         self.procs_fds = []
         self.procs_fds = _open_procs(self._dirs.values())
 
@@ -699,6 +711,7 @@ class SandboxCgroup(_Group):
         self.drivers = drivers or {}   # {"memory": 1, ...}: the cgroup version enforcing each
         self._lock = threading.Lock()
         self._runs = []
+        self._run_hiers = None
         self._retired = {}   # counts of removed runs the kernel does not keep
         self._run_counter = itertools.count(1)
         self._removed = False
@@ -723,15 +736,54 @@ class SandboxCgroup(_Group):
                 raise _error(e.errno, "cgroup add process", os.path.join(d, "cgroup.procs"),
                              f"could not move pid {pid} into the sandbox cgroup") from None
 
+    def _run_hierarchies(self):
+        """The hierarchies a run's cgroup is needed in: where each run figure
+        is read, and one way to kill the run's tree (cgroup.kill, else a
+        freezer).  The limits sit on the sandbox cgroup and bind its runs in
+        every hierarchy, so the others add nothing but cost (each join is a
+        cgroup migration, each run cgroup a mkdir and an rmdir)."""
+        if self._run_hiers is None:
+            need = []
+            for key in _STAT_KEYS:
+                spec, d = self._stat_source(key)
+                h = next((h for h, dd in self._dirs.items() if dd == d), None)
+                if h is not None and h not in need:
+                    need.append(h)
+            killers = [h for h, d in self._dirs.items()
+                       if h.table.kill is not None and h.offers(h.table.kill[0])
+                       and os.path.exists(os.path.join(d, h.table.kill[1]))]
+            freezers = [h for h in self._dirs
+                        if h.table.freeze is not None and h.offers(h.table.freeze.controller)]
+            if not any(h in need for h in killers):
+                extra = (killers or freezers)[:1]
+                need.extend(h for h in extra if h not in need)
+            self._run_hiers = need
+        return self._run_hiers
+
+    def _run_sources(self, run_dirs):
+        """The stat sources of a run cgroup (see RunCgroup.__init__)."""
+        layout = self.__dict__.setdefault("_run_layout", {})
+        out = {}
+        for key in _STAT_KEYS:
+            ck = (key, _PREFERENCE)
+            if ck not in layout:
+                spec, d = self._stat_source(key)
+                h = next((h for h, dd in self._dirs.items() if dd == d), None)
+                layout[ck] = (spec, h) if h in run_dirs else (None, None)
+            spec, h = layout[ck]
+            out[ck] = (spec, run_dirs[h]) if spec is not None and h in run_dirs else (None, None)
+        return out
+
     def new_run(self):
-        """A child cgroup "run-N" in every hierarchy."""
+        """A child cgroup "run-N" in each hierarchy a run needs."""
         with self._lock:
             if self._removed:
                 raise ValueError("the sandbox cgroup was removed")
             name = f"run-{next(self._run_counter)}"
             made = {}
             try:
-                for h, d in self._dirs.items():
+                for h in self._run_hierarchies():
+                    d = self._dirs[h]
                     p = os.path.join(d, name)
                     os.mkdir(p)
                     made[h] = p

@@ -359,7 +359,9 @@ def test_cpu_quota_limits_cpu_time(env):
     need(cpus=True)
     cg = env.open(cpus=0.5)
     run = cg.new_run()
-    w = env.worker(run.procs_fds, BUSY, 2.0)
+    # as a command does: a descendant of the init (in the sandbox cgroup in
+    # every hierarchy, the cpu limit's included), then in its run cgroup
+    w = env.worker(cg.procs_fds + run.procs_fds, BUSY, 2.0)
     run.close_fds()
     assert w.finish(timeout=20) == 0
     cpu = run.stats()["cpu_time"]
