@@ -576,7 +576,7 @@ static int loopback_up(void)
     if (ioctl(s, SIOCGIFFLAGS, &ifr) < 0)
         goto fail;
     if (ifr.ifr_flags & IFF_UP) {
-        close(s); /* a pre-made namespace: already up */
+        close(s); /* already up */
         return 0;
     }
     ifr.ifr_flags |= IFF_UP | IFF_RUNNING;
@@ -963,22 +963,26 @@ static int parse_request(char *buf, size_t size, struct run_request *r)
  * on the run queue (fd 4, where Python sends run requests), takes one,
  * vforks and execs the command, reports the exit on the run's channel,
  * reaps what the command left (it is their subreaper), and then goes back
- * to the queue.  Init keeps at least one idle supervisor, so neither a fork
- * nor a hop through init is on a run's path; steady runs fork nothing but
- * the command.  Supervisors tell init when they take a run and when they
- * are idle again, so that init can route signals and fork more when all
- * are busy.
+ * to the queue.  Init forks supervisors on demand (a request waits and none
+ * is idle), keeps at most MAX_IDLE_SUPS idle ones, and talks to each over a
+ * private socketpair: the supervisor says when it takes a run and when it
+ * is idle again; init sends it signal requests for its run and, when idle,
+ * leave to retire.  Commands can reach none of this (no fd, no signal).
  */
 
-enum { SUP_TOOK = 1, SUP_IDLE = 2 };
-struct sup_notice {
+enum { SUP_TOOK = 1, SUP_IDLE = 2 };              /* supervisor -> init */
+enum { SUP_SIGNAL = 1, SUP_RETIRE = 2 };          /* init -> supervisor */
+#define SIGREQ_TREE 0xffffffffu                   /* "what": kill the tree */
+#define MAX_IDLE_SUPS 2
+#define MAX_POLLED_SUPS 1024
+#define MAX_PENDING_KILLS 64
+
+struct sup_msg {
     uint32_t kind;
     uint32_t run_id;
+    uint32_t what;   /* SUP_SIGNAL: a signal number, or SIGREQ_TREE */
+    uint32_t reserved;
 };
-
-/* sival_ptr of a signal request: run id and what to do */
-#define SIGREQ(run_id, what) ((void *)(uintptr_t)(((uint64_t)(run_id) << 32) | (uint32_t)(what)))
-#define SIGREQ_TREE 0xffffffffu
 
 static int sig_fd = -1;
 
@@ -1003,9 +1007,16 @@ static int drop_bounding_set(void)
     return 0;
 }
 
+static void send_notice(int sock, uint32_t kind, uint32_t run_id)
+{
+    struct sup_msg m = { kind, run_id, 0, 0 };
+    if (send(sock, &m, sizeof m, MSG_NOSIGNAL) != (ssize_t)sizeof m)
+        _exit(0); /* init is gone */
+}
+
 /* Serve one run.  Returns when the command and everything it left are
- * gone (or have been killed). */
-static void serve_run(struct run_request *r, int children, const sigset_t *set)
+ * gone (or have been killed).  `events`: a signalfd for SIGCHLD. */
+static void serve_run(struct run_request *r, int children, int sock, int events)
 {
     struct exec_status st = { 0, 0, -1 };
     pid_t cmd;
@@ -1038,34 +1049,89 @@ static void serve_run(struct run_request *r, int children, const sigset_t *set)
         send_simple(r->chan, PS_REC_SPAWNED, 0, 0, -1, cmd);
 
     for (;;) {
-        siginfo_t info;
-        int sig = sigwaitinfo(set, &info);
-        if (sig == SIGRTMIN) {
-            /* requests come from init only (pid 1), never from a command,
-             * and must be for this run (not a late one for the last) */
-            uint64_t v = (uint64_t)(uintptr_t)info.si_value.sival_ptr;
-            if (info.si_code != SI_QUEUE || info.si_pid != 1 ||
-                (uint32_t)(v >> 32) != r->h.run_id)
-                continue;
-            uint32_t what = (uint32_t)v;
-            if (what == SIGREQ_TREE) {
-                kill_tree(children, cmd, &cmd_reaped, r->chan);
-                return;
+        struct pollfd pfd[2] = {
+            { .fd = events, .events = POLLIN },
+            { .fd = sock, .events = POLLIN },
+        };
+        if (poll(pfd, 2, -1) < 0)
+            continue;
+        if (pfd[1].revents & (POLLHUP | POLLERR))
+            _exit(0); /* init is gone */
+        if (pfd[1].revents & POLLIN) {
+            struct sup_msg m;
+            while (recv(sock, &m, sizeof m, MSG_DONTWAIT) == (ssize_t)sizeof m) {
+                /* a late request for the last run, or a retire that
+                 * crossed this run's "took": ignored */
+                if (m.kind != SUP_SIGNAL || m.run_id != r->h.run_id)
+                    continue;
+                if (m.what == SIGREQ_TREE) {
+                    kill_tree(children, cmd, &cmd_reaped, r->chan);
+                    return;
+                }
+                if (!cmd_reaped && m.what > 0)
+                    kill(cmd, (int)m.what);
             }
-            if (!cmd_reaped && what > 0)
-                kill(cmd, (int)what);
-        } else if (sig == SIGCHLD) {
+        }
+        if (pfd[0].revents & POLLIN) {
+            struct signalfd_siginfo si;
+            while (read(events, &si, sizeof si) > 0)
+                ;
             if (reap_children(cmd, &cmd_reaped, r->chan, 0) < 0)
                 return; /* nothing of the run is left */
         }
     }
 }
 
+/* Take one run request from the shared queue, if one is there: a single
+ * receive into a buffer of the largest size a request may have (several
+ * supervisors read the queue: no peek-then-read). */
+static ssize_t take_request(char *buf, size_t size, int *fds, int *n_fds)
+{
+    union {
+        struct cmsghdr h;
+        char b[CMSG_SPACE(sizeof(int) * (4 + PS_MAX_CGROUP_FDS))];
+    } cbuf;
+    struct iovec iov = { buf, size - 1 };
+    struct msghdr msg;
+    ssize_t n;
+
+    *n_fds = 0;
+    memset(&msg, 0, sizeof msg);
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.b;
+    msg.msg_controllen = sizeof cbuf.b;
+    do {
+        n = recvmsg(RUNQ_FD, &msg, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
+    } while (n < 0 && errno == EINTR);
+    if (n < 0)
+        return -1;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
+            int count = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+            int *in = (int *)CMSG_DATA(c);
+            for (int i = 0; i < count; i++) {
+                if (*n_fds < 4 + PS_MAX_CGROUP_FDS)
+                    fds[(*n_fds)++] = in[i];
+                else
+                    close(in[i]);
+            }
+        }
+    }
+    if (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) {
+        errno = EMSGSIZE;
+        return -2; /* taken, but unusable */
+    }
+    buf[n] = 0;
+    return n;
+}
+
 static void supervisor_main(int sock)
 {
     sigset_t set;
-    int children, cap_err;
+    int children, cap_err, events;
     char path[64];
+    char *buf;
 
     close(CTRL_FD);
     if (sig_fd >= 0)
@@ -1078,35 +1144,48 @@ static void supervisor_main(int sock)
     cap_err = drop_bounding_set() < 0 ? errno : 0;
     sigemptyset(&set);
     sigaddset(&set, SIGCHLD);
-    sigaddset(&set, SIGRTMIN);
     sigprocmask(SIG_BLOCK, &set, NULL);
+    events = signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
     snprintf(path, sizeof path, "/proc/self/task/%d/children", (int)getpid());
     children = open(path, O_RDONLY | O_CLOEXEC);
+    buf = malloc(PS_MAX_REQUEST + 1);
+    if (events < 0 || !buf)
+        _exit(0);
 
     for (;;) {
-        char *buf = NULL;
         int fds[4 + PS_MAX_CGROUP_FDS], n_fds = 0;
         struct run_request r;
-        struct sup_notice note;
-        struct timespec zero = { 0, 0 };
-        ssize_t n = recv_message(RUNQ_FD, &buf, fds, 4 + PS_MAX_CGROUP_FDS, &n_fds);
-        if (n <= 0) {
-            if (n < 0 && errno == EINTR)
-                continue;
-            _exit(0); /* the sandbox is closing */
+        struct pollfd pfd[2] = {
+            { .fd = RUNQ_FD, .events = POLLIN },
+            { .fd = sock, .events = POLLIN },
+        };
+        if (poll(pfd, 2, -1) < 0)
+            continue;
+        if (pfd[1].revents & (POLLHUP | POLLERR))
+            _exit(0); /* init is gone */
+        if (pfd[1].revents & POLLIN) {
+            struct sup_msg m;
+            while (recv(sock, &m, sizeof m, MSG_DONTWAIT) == (ssize_t)sizeof m)
+                if (m.kind == SUP_RETIRE)
+                    _exit(0); /* idle, holding nothing: init has enough */
         }
+        if (!(pfd[0].revents & POLLIN))
+            continue;
+        ssize_t n = take_request(buf, PS_MAX_REQUEST + 1, fds, &n_fds);
+        if (n == -1)
+            continue; /* another supervisor took it */
         memset(&r, 0, sizeof r);
-        note.kind = SUP_TOOK;
-        note.run_id = 0;
-        if (n_fds >= 4 && parse_request(buf, (size_t)n, &r) == 0 && r.h.type == PS_REQ_RUN)
-            note.run_id = r.h.run_id;
-        if (send(sock, &note, sizeof note, MSG_NOSIGNAL) < 0)
-            _exit(0);
-        if (note.run_id == 0 || cap_err) {
+        uint32_t run_id = 0;
+        int err = n == -2 ? EMSGSIZE : EINVAL;
+        if (n >= 0 && n_fds >= 4 && parse_request(buf, (size_t)n, &r) == 0 &&
+            r.h.type == PS_REQ_RUN)
+            run_id = r.h.run_id;
+        send_notice(sock, SUP_TOOK, run_id);
+        if (run_id == 0 || cap_err) {
             if (n_fds >= 1)
                 send_simple(fds[0], PS_REC_SPAWN_FAILED,
                             cap_err ? PS_STEP_CAPS : PS_STEP_FORK,
-                            cap_err ? cap_err : EINVAL, -1, 0);
+                            cap_err ? cap_err : err, -1, 0);
             for (int i = 0; i < n_fds; i++)
                 close(fds[i]);
         } else {
@@ -1116,26 +1195,21 @@ static void supervisor_main(int sock)
             r.err = fds[3];
             r.n_cgroup_fds = n_fds - 4;
             memcpy(r.cgroup_fds, fds + 4, sizeof(int) * (size_t)r.n_cgroup_fds);
-            serve_run(&r, children, &set);
+            serve_run(&r, children, sock, events);
             close(r.chan);
         }
         free(r.argv);
         free(r.envp);
-        free(buf);
-        /* forget signal requests that came too late for that run */
-        while (sigtimedwait(&set, NULL, &zero) > 0)
-            ;
-        note.kind = SUP_IDLE;
-        if (send(sock, &note, sizeof note, MSG_NOSIGNAL) < 0)
-            _exit(0);
+        send_notice(sock, SUP_IDLE, 0);
     }
 }
 
 /* init's view of its supervisors */
+enum { SUP_STATE_IDLE, SUP_STATE_BUSY, SUP_STATE_RETIRING };
 struct sup {
     pid_t pid;
-    int sock;           /* init's end of the supervisor's notices */
-    int busy;
+    int sock;           /* init's end of the supervisor's socketpair */
+    int state;
     uint32_t run_id;    /* when busy */
     struct sup *next;
 };
@@ -1143,7 +1217,9 @@ static struct sup *sups;
 static int n_idle_sups;
 static int sup_count;
 
-#define MAX_POLLED_SUPS 1024
+/* tree kills asked for runs that no supervisor had taken yet */
+static uint32_t pending_kills[MAX_PENDING_KILLS];
+static unsigned n_pending_kills;
 
 static int make_supervisor(void)
 {
@@ -1173,7 +1249,7 @@ static int make_supervisor(void)
     }
     s->pid = p;
     s->sock = sv[0];
-    s->busy = 0;
+    s->state = SUP_STATE_IDLE;
     s->run_id = 0;
     s->next = sups;
     sups = s;
@@ -1202,7 +1278,7 @@ static void drop_sup(pid_t pid)
         if ((*p)->pid == pid) {
             struct sup *dead = *p;
             *p = dead->next;
-            if (!dead->busy)
+            if (dead->state == SUP_STATE_IDLE)
                 n_idle_sups--;
             sup_count--;
             close(dead->sock);
@@ -1212,36 +1288,60 @@ static void drop_sup(pid_t pid)
     }
 }
 
-static void read_notice(struct sup *s)
+static void send_to_sup(struct sup *s, uint32_t kind, uint32_t run_id, uint32_t what)
 {
-    struct sup_notice note;
-    ssize_t n = recv(s->sock, &note, sizeof note, MSG_DONTWAIT);
-    if (n != (ssize_t)sizeof note)
-        return; /* EOF: it died; the reaper drops it */
-    if (note.kind == SUP_TOOK && !s->busy) {
-        s->busy = 1;
-        s->run_id = note.run_id;
-        n_idle_sups--;
-    } else if (note.kind == SUP_IDLE && s->busy) {
-        s->busy = 0;
-        s->run_id = 0;
-        n_idle_sups++;
-        /* (no culling after a burst: an idle supervisor may already have
-         * taken the next request, its notice still on the way) */
+    struct sup_msg m = { kind, run_id, what, 0 };
+    send(s->sock, &m, sizeof m, MSG_NOSIGNAL | MSG_DONTWAIT);
+}
+
+static int take_pending_kill(uint32_t run_id)
+{
+    for (unsigned i = 0; i < n_pending_kills; i++) {
+        if (pending_kills[i] == run_id) {
+            pending_kills[i] = pending_kills[--n_pending_kills];
+            return 1;
+        }
+    }
+    return 0;
+}
+
+static void read_notices(struct sup *s)
+{
+    struct sup_msg m;
+    while (recv(s->sock, &m, sizeof m, MSG_DONTWAIT) == (ssize_t)sizeof m) {
+        if (m.kind == SUP_TOOK) {
+            if (s->state == SUP_STATE_IDLE)
+                n_idle_sups--;
+            s->state = SUP_STATE_BUSY;
+            s->run_id = m.run_id;
+            if (m.run_id && take_pending_kill(m.run_id))
+                send_to_sup(s, SUP_SIGNAL, m.run_id, SIGREQ_TREE);
+        } else if (m.kind == SUP_IDLE && s->state == SUP_STATE_BUSY) {
+            s->run_id = 0;
+            if (n_idle_sups >= MAX_IDLE_SUPS) {
+                /* a burst is over: it may go (it only acts on this while
+                 * idle and holding no request) */
+                s->state = SUP_STATE_RETIRING;
+                send_to_sup(s, SUP_RETIRE, 0, 0);
+            } else {
+                s->state = SUP_STATE_IDLE;
+                n_idle_sups++;
+            }
+        }
     }
 }
 
-/* No supervisor could be forked: answer queued run requests with the error. */
+/* No supervisor could be forked: answer a queued run request with the
+ * error (if an idle one took it meanwhile, nothing is waiting: fine). */
 static void fail_queued_run(int err)
 {
-    char *buf = NULL;
+    static char buf[PS_MAX_REQUEST + 1];
     int fds[4 + PS_MAX_CGROUP_FDS], n_fds = 0;
-    ssize_t n = recv_message(RUNQ_FD, &buf, fds, 4 + PS_MAX_CGROUP_FDS, &n_fds);
-    if (n > 0 && n_fds >= 1)
+    ssize_t n = take_request(buf, sizeof buf, fds, &n_fds);
+    if (n != -1 && n_fds >= 1)
         send_simple(fds[0], PS_REC_SPAWN_FAILED, PS_STEP_FORK, err, -1, 0);
     for (int i = 0; i < n_fds; i++)
         close(fds[i]);
-    free(buf);
 }
 
 static void sweep_unowned(void);
@@ -1260,17 +1360,24 @@ static void handle_request(void)
     }
     memset(&r, 0, sizeof r);
     if (parse_request(buf, (size_t)n, &r) == 0 && r.h.type == PS_REQ_SIGNAL) {
-        int found = 0;
-        uint32_t what = (r.h.flags & PS_SIGNAL_TREE) ? SIGREQ_TREE : r.h.sig;
+        int found = 0, tree = (r.h.flags & PS_SIGNAL_TREE) != 0;
         for (struct sup *s = sups; s; s = s->next) {
-            if (s->busy && s->run_id == r.h.run_id) {
+            if (s->state == SUP_STATE_BUSY && s->run_id == r.h.run_id) {
                 found = 1;
-                sigqueue(s->pid, SIGRTMIN,
-                         (union sigval){ .sival_ptr = SIGREQ(r.h.run_id, what) });
+                send_to_sup(s, SUP_SIGNAL, r.h.run_id, tree ? SIGREQ_TREE : r.h.sig);
             }
         }
-        if (!found && (r.h.flags & PS_SIGNAL_TREE))
-            sweep_unowned(); /* its supervisor is gone: kill what it left */
+        if (!found && tree) {
+            /* not taken yet (delivered when it is), or its supervisor is
+             * gone (kill what it left) */
+            if (n_pending_kills == MAX_PENDING_KILLS) { /* forget the oldest */
+                memmove(pending_kills, pending_kills + 1,
+                        sizeof pending_kills[0] * (MAX_PENDING_KILLS - 1));
+                n_pending_kills--;
+            }
+            pending_kills[n_pending_kills++] = r.h.run_id;
+            sweep_unowned();
+        }
     }
     for (int i = 0; i < n_fds; i++)
         close(fds[i]);
@@ -1326,7 +1433,8 @@ static void reap_orphans(int sfd)
             continue;
         }
         if (s) {
-            if (s->busy && WIFSIGNALED(status))
+            read_notices(s); /* its last words (a "took" may be among them) */
+            if (s->state == SUP_STATE_BUSY && WIFSIGNALED(status))
                 sweep = 1;
             drop_sup(w);
         }
@@ -1349,7 +1457,6 @@ int main(void)
         signal(s, SIG_DFL);
     sigemptyset(&mask);
     sigaddset(&mask, SIGCHLD);
-    sigaddset(&mask, SIGRTMIN);
     sigprocmask(SIG_SETMASK, &mask, NULL);
     prctl(PR_SET_DUMPABLE, 0);
     umask(0); /* modes in the plan are exact; commands get 022 */
@@ -1417,7 +1524,7 @@ int main(void)
             /* notices first: a signal request may be for a run just taken */
             for (int k = 3; k < n; k++)
                 if (pfd[k].revents & POLLIN)
-                    read_notice(owner[k]);
+                    read_notices(owner[k]);
             if (pfd[1].revents)
                 reap_orphans(sfd);
             if ((pfd[2].revents & POLLIN) && n_idle_sups == 0 && make_supervisor() < 0)

@@ -6,15 +6,10 @@
 #include "proto.h"
 
 #include <errno.h>
-#include <net/if.h>
-#include <pthread.h>
-#include <sys/ioctl.h>
-#include <sys/socket.h>
 #include <fcntl.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -175,24 +170,6 @@ int ps_spawn_init_from_parent(const struct ps_spawn_args *a, pid_t *pid_out,
     ctx.sync_fd = sync_pipe[0];
     ctx.err_fd = err_pipe[1];
 
-    /* A pre-made network namespace: this thread enters it for the clone
-     * only (namespaces are per thread), the child inherits it. */
-    int home_net = -1;
-    if (a->netns_fd >= 0) {
-        home_net = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
-        if (home_net < 0 || setns(a->netns_fd, CLONE_NEWNET) < 0) {
-            e->step = PS_STEP_CLONE;
-            e->err = errno;
-            if (home_net >= 0)
-                close(home_net);
-            close(sync_pipe[0]);
-            close(sync_pipe[1]);
-            close(err_pipe[0]);
-            close(err_pipe[1]);
-            return -1;
-        }
-    }
-
     /* No Python signal handler may run in the child: block everything
      * around clone; init sets its own mask and dispositions. */
     sigfillset(&all);
@@ -203,12 +180,6 @@ int ps_spawn_init_from_parent(const struct ps_spawn_args *a, pid_t *pid_out,
                 CLONE_VM | CLONE_PIDFD | (int)a->ns_flags, &ctx, &pidfd);
     int clone_errno = errno;
     pthread_sigmask(SIG_SETMASK, &old, NULL);
-    if (home_net >= 0) {
-        /* back home; this cannot fail for a namespace we came from */
-        if (setns(home_net, CLONE_NEWNET) < 0)
-            abort();
-        close(home_net);
-    }
     close(sync_pipe[0]);
     close(err_pipe[1]);
     if (pid < 0) {
@@ -312,65 +283,4 @@ fail:
     if (mem >= 0)
         close(mem);
     return -1;
-}
-
-struct netns_job {
-    int fd;
-    struct ps_error e;
-};
-
-static void *netns_thread(void *p)
-{
-    struct netns_job *j = p;
-    struct ifreq ifr;
-    int s;
-
-    if (unshare(CLONE_NEWNET) < 0) {
-        j->e.step = PS_STEP_CLONE;
-        j->e.err = errno;
-        return NULL;
-    }
-    s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-    memset(&ifr, 0, sizeof ifr);
-    strcpy(ifr.ifr_name, "lo");
-    if (s < 0 || ioctl(s, SIOCGIFFLAGS, &ifr) < 0 ||
-        (ifr.ifr_flags |= IFF_UP | IFF_RUNNING, ioctl(s, SIOCSIFFLAGS, &ifr) < 0)) {
-        j->e.step = PS_STEP_LOOPBACK;
-        j->e.err = errno;
-        if (s >= 0)
-            close(s);
-        return NULL;
-    }
-    close(s);
-    j->fd = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
-    if (j->fd < 0) {
-        j->e.step = PS_STEP_CLONE;
-        j->e.err = errno;
-    }
-    return NULL; /* the thread, and its namespace switch, end here */
-}
-
-int ps_netns_make_from_parent(int *fd_out, struct ps_error *e)
-{
-    struct netns_job j = { -1, { 0, 0 } };
-    pthread_t t;
-    sigset_t all, old;
-    int rc;
-
-    sigfillset(&all);
-    pthread_sigmask(SIG_SETMASK, &all, &old); /* the thread takes no signals */
-    rc = pthread_create(&t, NULL, netns_thread, &j);
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
-    if (rc != 0) {
-        e->step = PS_STEP_CLONE;
-        e->err = rc;
-        return -1;
-    }
-    pthread_join(t, NULL);
-    if (j.fd < 0) {
-        *e = j.e;
-        return -1;
-    }
-    *fd_out = j.fd;
-    return 0;
 }

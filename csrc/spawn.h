@@ -23,7 +23,6 @@ struct ps_spawn_args {
     int deny_setgroups;
     const int *cgroup_fds;  /* cgroup.procs files: the parent writes the pid */
     int n_cgroup_fds;
-    int netns_fd;           /* >= 0: clone into this (pre-made) network namespace */
 };
 
 /* Parent side: make the sealed executable copy of `path` (once per process). */
@@ -34,10 +33,5 @@ int ps_seal_init_from_parent(const char *path, int *fd_out, struct ps_error *e);
  * or -1 and fills *e. */
 int ps_spawn_init_from_parent(const struct ps_spawn_args *a, pid_t *pid_out,
                               int *pidfd_out, struct ps_error *e);
-
-/* Parent side, any thread: a new network namespace with lo up, made by a
- * short-lived thread (so no Python thread ever changes namespace).  Needs
- * CAP_SYS_ADMIN in the caller's user namespace.  Returns an fd to it. */
-int ps_netns_make_from_parent(int *fd_out, struct ps_error *e);
 
 #endif

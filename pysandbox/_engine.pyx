@@ -10,7 +10,6 @@ from ._config import SandboxConfig
 from ._errors import SandboxError, setup_error
 from . import _plan
 from . import _seccomp
-from . import _netpool
 from ._caps import cap_mask
 from . import _runner
 
@@ -53,11 +52,9 @@ cdef extern from "spawn.h":
         int deny_setgroups
         const int *cgroup_fds
         int n_cgroup_fds
-        int netns_fd
     int ps_seal_init_from_parent(const char *path, int *fd_out, ps_error *e) nogil
     int ps_spawn_init_from_parent(const ps_spawn_args *a, pid_t *pid_out,
                                   int *pidfd_out, ps_error *e) nogil
-    int ps_netns_make_from_parent(int *fd_out, ps_error *e) nogil
 
 cdef extern from "proto.h":
     int PS_REC_READY, PS_REC_SETUP_FAILED
@@ -102,17 +99,6 @@ def _sweep_cgroups_once():
             _cgroup.sweep_orphans()
         except OSError:
             pass
-
-
-def netns_make():
-    """A fresh network namespace with lo up (an fd), made off-thread."""
-    cdef ps_error e
-    cdef int fd = -1, rc
-    with nogil:
-        rc = ps_netns_make_from_parent(&fd, &e)
-    if rc < 0:
-        raise setup_error(e.step, e.err, None, "pre-made network namespace")
-    return fd
 
 
 def null_fd():
@@ -208,10 +194,7 @@ cdef class Sandbox:
         cdef char *envp[1]
         cdef int cg_fds[8]
         cdef int n_cg = 0
-        cdef int netns = -1
         uid_map, gid_map, deny = _plan.id_maps()
-        if self.config.network == "none":
-            netns = _netpool.take()
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         runq, runq_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
@@ -225,9 +208,6 @@ cdef class Sandbox:
             a.runq_fd = runq_child.fileno()
             a.null_fd = self._null_fd
             a.ns_flags = _ns_flags(self.config.network)
-            a.netns_fd = netns
-            if netns >= 0:
-                a.ns_flags &= ~CLONE_NEWNET
             a.uid_map = uid_map
             a.gid_map = gid_map
             a.deny_setgroups = deny
@@ -260,8 +240,6 @@ cdef class Sandbox:
         finally:
             child.close()
             runq_child.close()
-            if netns >= 0:
-                close(netns)
         try:
             parent.sendall(plan)
             data = parent.recv(_runner.RECORD.size)

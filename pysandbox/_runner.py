@@ -32,6 +32,7 @@ _RLIMIT = struct.Struct("=IIQQ")
 RECORD = struct.Struct("=IIiiqqqqq")
 _CHUNK = 65536
 _U64 = (1 << 64) - 1
+MAX_REQUEST = 256 * 1024   # PS_MAX_REQUEST (csrc/proto.h)
 _RLIMIT_NAMES = {getattr(resource, n): n[len("RLIMIT_"):].lower()
                  for n in dir(resource) if n.startswith("RLIMIT_") and n != "RLIMIT_OFILE"}   # RLIM_INFINITY is -1 in Python, ~0 in C
 KILL_GRACE = 5.0   # seconds to collect a killed tree's output
@@ -149,6 +150,9 @@ class SandboxProcess:
                 b"\0".join(argv), b"\0",
                 b"\0".join(envl), b"\0" if envl else b"",
             ))
+            if len(req) > MAX_REQUEST:
+                raise ValueError(f"argv, environment and cwd too large: {len(req)} bytes "
+                                 f"(at most {MAX_REQUEST})")
             self._start = time.monotonic() if _start is None else _start
             if sandbox._cgroup is not None:
                 self._cg = sandbox._cgroup.new_run()

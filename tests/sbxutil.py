@@ -82,16 +82,13 @@ def init_pids(parent=None):
 
 
 def open_fds():
-    """This process's fds, less the network namespaces that pysandbox's
-    pre-made namespace pool holds (a process-wide cache, filled by a
-    background thread at its own pace)."""
+    """This process's fds (less the one of the listing itself)."""
     out = []
     for fd in os.listdir("/proc/self/fd"):
         try:
-            if os.readlink(f"/proc/self/fd/{fd}").startswith("net:["):
-                continue
+            os.readlink(f"/proc/self/fd/{fd}")
         except OSError:
-            continue   # the fd of the listing itself
+            continue
         out.append(int(fd))
     return sorted(out)
 
