@@ -6,6 +6,7 @@ import socket
 
 import pytest
 
+import pysandbox
 from pysandbox import Sandbox
 
 pytestmark = pytest.mark.timeout(60)
@@ -181,3 +182,18 @@ def test_network_host_keeps_other_namespaces_private(rootfs):
 def test_network_value_is_validated(rootfs):
     with pytest.raises(ValueError):
         Sandbox(rootfs, network="bridge")
+
+
+def test_network_capabilities_apply_in_the_sandboxs_own_namespace():
+    # the network namespace belongs to the sandbox's user namespace, so the
+    # default capabilities (NET_BIND_SERVICE, NET_RAW) work in it, sandbox
+    # after sandbox; with capabilities=[] the same bind is refused
+    code = ("import socket\n"
+            "s = socket.socket(); s.bind(('127.0.0.1', 80)); print('bound')\n")
+    for _ in range(3):
+        with pysandbox.Sandbox() as s:
+            r = s.run(["python3", "-c", code], capture_output=True, text=True)
+            assert r.stdout == "bound\n", r.stderr
+    with pysandbox.Sandbox(capabilities=[]) as s:
+        r = s.run(["python3", "-c", code], capture_output=True, text=True)
+        assert r.returncode != 0 and "Permission denied" in r.stderr

@@ -5,6 +5,7 @@ import locale
 import os
 import pathlib
 import signal
+import time
 import subprocess
 import threading
 
@@ -670,3 +671,63 @@ def test_many_threads_share_one_sandbox():
         ps = s.run(["ps", "-e", "-o", "comm="], capture_output=True, text=True).stdout.split()
         assert ps.count("pysandbox-init") == 1
         assert 1 <= ps.count("pysandbox-run") <= 9   # at most the peak concurrency, +1
+
+
+# -- supervisors: shared run queue, signal requests, retirement -----------------
+
+def _burst(s, n, seconds="0.3"):
+    import threading
+    ths = [threading.Thread(target=s.run, args=(["sleep", seconds],)) for _ in range(n)]
+    [t.start() for t in ths]
+    [t.join() for t in ths]
+
+
+def test_requests_of_any_size_with_several_idle_supervisors():
+    # several idle supervisors read one queue: a short request must not
+    # size the buffer another supervisor then receives a long one into
+    with pysandbox.Sandbox() as s:
+        _burst(s, 3)
+        long_script = "echo " + "x" * 3000 + " >/dev/null; exit 7"
+        for _ in range(60):
+            assert s.run(["true"]).returncode == 0
+            assert s.run(["sh", "-c", long_script]).returncode == 7
+
+
+def test_timeout_zero_kills_a_run_not_yet_taken():
+    # the kill can reach init before any supervisor has taken the request
+    with pysandbox.Sandbox() as s:
+        for _ in range(10):
+            t = time.monotonic()
+            with pytest.raises(pysandbox.TimeoutExpired):
+                s.run(["sleep", "30"], timeout=0)
+            assert time.monotonic() - t < 4   # no wait for the kill grace
+        ps = s.run(["ps", "-e", "-o", "comm="], capture_output=True, text=True).stdout.split()
+        assert "sleep" not in ps
+
+
+def test_command_cannot_exhaust_the_signal_path_of_its_timeout():
+    # queued real-time signals count against the uid's RLIMIT_SIGPENDING,
+    # shared with the supervisor: requests do not travel that way
+    code = ("import os, signal, time\n"
+            "sig = signal.SIGRTMIN + 2\n"
+            "signal.pthread_sigmask(signal.SIG_BLOCK, [sig])\n"
+            "for i in range(100000): os.kill(os.getpid(), sig)\n"
+            "print('queued', flush=True)\n"
+            "time.sleep(30)\n")
+    with pysandbox.Sandbox() as s:
+        t = time.monotonic()
+        with pytest.raises(pysandbox.TimeoutExpired) as ei:
+            s.run(["python3", "-c", code], timeout=3, capture_output=True, text=True)
+        assert time.monotonic() - t < 7
+        assert ei.value.result.returncode == -signal.SIGKILL
+        ps = s.run(["ps", "-e", "-o", "comm="], capture_output=True, text=True).stdout.split()
+        assert "python3" not in ps
+
+
+def test_idle_supervisors_retire_after_a_burst():
+    with pysandbox.Sandbox() as s:
+        _burst(s, 8)
+        for _ in range(3):   # notices are read as runs go by
+            s.run(["true"])
+        ps = s.run(["ps", "-e", "-o", "comm="], capture_output=True, text=True).stdout.split()
+        assert ps.count("pysandbox-run") <= 3, ps   # at most 2 idle + the one running ps
