@@ -17,7 +17,7 @@ import pytest
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
 sys.path.insert(0, os.path.join(os.path.dirname(_HERE), "tests"))
-from sbxutil import IS_ROOT, build_rootfs, child_pids, init_pids  # noqa: E402,F401
+from sbxutil import build_rootfs, child_pids, init_pids  # noqa: E402
 
 from benchutil import BIG_ENV, big_sizes_gb, vm_rss  # noqa: E402
 

@@ -1,7 +1,6 @@
 """Scaling: latency against the number of bind mounts (0, 10, 100 read-only
 Binds of small directories), cold (open + run + close: the mounts are made
 at open) and warm (a run in a sandbox that has them: should not move)."""
-import os
 
 import pytest
 

@@ -9,7 +9,9 @@
  * Init never formats a message: a failure is a (step, errno, index) record.
  * Init exits when the control socket closes; the kernel then kills every
  * process of the pid namespace, and the mounts go with the mount namespace. */
+#ifndef _GNU_SOURCE
 #define _GNU_SOURCE
+#endif
 #include "proto.h"
 
 #include <errno.h>

@@ -1,7 +1,9 @@
 /* clone -> execve(init), the only code that runs between a clone and an exec
  * in the Python process.  The child shares the parent's memory (CLONE_VM), so
  * it uses only async-signal-safe system calls on data the parent prepared. */
+#ifndef _GNU_SOURCE
 #define _GNU_SOURCE
+#endif
 #include "spawn.h"
 #include "proto.h"
 

@@ -6,7 +6,7 @@ import os
 import re
 import resource
 import stat
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 from ._caps import parse_capabilities

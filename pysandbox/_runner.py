@@ -3,7 +3,6 @@
 Mirrors subprocess.run / subprocess.Popen where the APIs overlap."""
 from __future__ import annotations
 
-import errno
 import io
 import locale
 import math
@@ -15,7 +14,6 @@ import socket
 import struct
 import subprocess
 import time
-from array import array
 
 from ._config import _check_env, _inside_path, parse_rlimits, parse_size
 from ._errors import (CalledProcessError, SandboxError, TimeoutExpired,

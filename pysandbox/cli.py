@@ -4,7 +4,6 @@ Exit status: the command's; 128+N when it died of signal N; 124 when it
 timed out; 125 when the sandbox could not be built (or the options are
 wrong); 126 when the command cannot be executed; 127 when it is not found."""
 import argparse
-import os
 import sys
 
 EXIT_TIMEOUT, EXIT_SETUP, EXIT_NOEXEC, EXIT_NOTFOUND = 124, 125, 126, 127

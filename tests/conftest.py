@@ -1,9 +1,8 @@
 """Fixtures: the tiny rootfs and the leak check (helpers: sbxutil.py)."""
-import os
 
 import pytest
 
-from sbxutil import IS_ROOT, build_rootfs, child_pids, init_pids, open_fds  # noqa: F401
+from sbxutil import build_rootfs, child_pids, init_pids, open_fds
 
 
 @pytest.fixture(scope="session")

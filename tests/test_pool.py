@@ -3,7 +3,6 @@ background thread, nothing left behind after close."""
 import gc
 import os
 import threading
-import time
 
 import pytest
 

@@ -1,5 +1,4 @@
 """s.popen: the Popen-like SandboxProcess."""
-import os
 import select
 import signal
 import subprocess

@@ -1,7 +1,6 @@
 """s.run: subprocess.run semantics, stdio, env/cwd/args, rlimits, results,
 timeouts that kill whole process trees, output caps, and parity with
 subprocess.run itself."""
-import locale
 import os
 import pathlib
 import signal
