@@ -67,6 +67,24 @@ static void send_simple(int fd, uint32_t type, int step, int err, int index,
     send_record(fd, &r);
 }
 
+/* The fds of a received message (SCM_RIGHTS), up to max_fds; the rest are
+ * closed. */
+static void collect_fds(struct msghdr *msg, int *fds, int max_fds, int *n_fds)
+{
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(msg); c; c = CMSG_NXTHDR(msg, c)) {
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
+            continue;
+        int count = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+        int *in = (int *)CMSG_DATA(c);
+        for (int i = 0; i < count; i++) {
+            if (*n_fds < max_fds)
+                fds[(*n_fds)++] = in[i];
+            else
+                close(in[i]);
+        }
+    }
+}
+
 /* Receive one SEQPACKET message of any size, with up to max_fds fds. */
 static ssize_t recv_message(int fd, char **buf_out, int *fds, int max_fds,
                             int *n_fds)
@@ -77,7 +95,6 @@ static ssize_t recv_message(int fd, char **buf_out, int *fds, int max_fds,
     } cbuf;
     struct msghdr msg;
     struct iovec iov;
-    struct cmsghdr *c;
     char peek;
     ssize_t size, n;
     char *buf;
@@ -110,18 +127,7 @@ static ssize_t recv_message(int fd, char **buf_out, int *fds, int max_fds,
         free(buf);
         return -1;
     }
-    for (c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
-        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
-            int count = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
-            int *in = (int *)CMSG_DATA(c);
-            for (int i = 0; i < count; i++) {
-                if (*n_fds < max_fds)
-                    fds[(*n_fds)++] = in[i];
-                else
-                    close(in[i]);
-            }
-        }
-    }
+    collect_fds(&msg, fds, max_fds, n_fds);
     buf[n] = 0;
     *buf_out = buf;
     return n;
@@ -1108,18 +1114,7 @@ static ssize_t take_request(char *buf, size_t size, int *fds, int *n_fds)
     } while (n < 0 && errno == EINTR);
     if (n < 0)
         return -1;
-    for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
-        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
-            int count = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
-            int *in = (int *)CMSG_DATA(c);
-            for (int i = 0; i < count; i++) {
-                if (*n_fds < 4 + PS_MAX_CGROUP_FDS)
-                    fds[(*n_fds)++] = in[i];
-                else
-                    close(in[i]);
-            }
-        }
-    }
+    collect_fds(&msg, fds, 4 + PS_MAX_CGROUP_FDS, n_fds);
     if (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) {
         errno = EMSGSIZE;
         return -2; /* taken, but unusable */
