@@ -1148,6 +1148,14 @@ static void supervisor_main(int sock)
     buf = malloc(PS_MAX_REQUEST + 1);
     if (events < 0 || !buf)
         _exit(0);
+    {
+        /* take the copy-on-write faults of the stack (the vfork child runs
+         * on it) now, not during the first run */
+        volatile char stack[64 * 1024];
+        for (size_t i = 0; i < sizeof stack; i += 4096)
+            stack[i] = 0;
+        memset(buf, 0, 8192);
+    }
 
     for (;;) {
         int fds[4 + PS_MAX_CGROUP_FDS], n_fds = 0;
