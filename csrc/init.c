@@ -922,8 +922,17 @@ static int kill_listed_children(int children, int (*skip)(pid_t))
 static void kill_tree(int children, pid_t cmd, int *cmd_reaped, int chan)
 {
     do {
-        if (kill_listed_children(children, NULL) < 0 && !*cmd_reaped)
-            kill(cmd, SIGKILL);
+        if (kill_listed_children(children, NULL) < 0) {
+            /* cannot list (no /proc?): kill what we know, reap what is
+             * ready, and leave the rest to the run's cgroup or to close()
+             * rather than block on it */
+            if (!*cmd_reaped)
+                kill(cmd, SIGKILL);
+            while (!*cmd_reaped && reap_children(cmd, cmd_reaped, chan, 1) == 0)
+                ;
+            reap_children(cmd, cmd_reaped, chan, 0);
+            return;
+        }
     } while (reap_children(cmd, cmd_reaped, chan, 1) == 0);
 }
 
