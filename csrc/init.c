@@ -583,10 +583,6 @@ static int loopback_up(void)
     strcpy(ifr.ifr_name, "lo");
     if (ioctl(s, SIOCGIFFLAGS, &ifr) < 0)
         goto fail;
-    if (ifr.ifr_flags & IFF_UP) {
-        close(s); /* already up */
-        return 0;
-    }
     ifr.ifr_flags |= IFF_UP | IFF_RUNNING;
     if (ioctl(s, SIOCSIFFLAGS, &ifr) < 0)
         goto fail;
@@ -1024,6 +1020,22 @@ static int drop_bounding_set(void)
     return 0;
 }
 
+/* A supervisor waits for `fd` or for a message from init; it exits when
+ * init is gone.  Returns the revents of fd and of sock. */
+static void wait_fd_or_init(int fd, int sock, short *fd_ev, short *sock_ev)
+{
+    struct pollfd pfd[2] = {
+        { .fd = fd, .events = POLLIN },
+        { .fd = sock, .events = POLLIN },
+    };
+    while (poll(pfd, 2, -1) < 0)
+        ;
+    if (pfd[1].revents & (POLLHUP | POLLERR))
+        _exit(0); /* init is gone: the sandbox is closing */
+    *fd_ev = pfd[0].revents;
+    *sock_ev = pfd[1].revents;
+}
+
 static void send_notice(int sock, uint32_t kind, uint32_t run_id)
 {
     struct sup_msg m = { kind, run_id, 0, 0 };
@@ -1066,15 +1078,9 @@ static void serve_run(struct run_request *r, int children, int sock, int events)
         send_simple(r->chan, PS_REC_SPAWNED, 0, 0, -1, cmd);
 
     for (;;) {
-        struct pollfd pfd[2] = {
-            { .fd = events, .events = POLLIN },
-            { .fd = sock, .events = POLLIN },
-        };
-        if (poll(pfd, 2, -1) < 0)
-            continue;
-        if (pfd[1].revents & (POLLHUP | POLLERR))
-            _exit(0); /* init is gone */
-        if (pfd[1].revents & POLLIN) {
+        short ev_events, ev_sock;
+        wait_fd_or_init(events, sock, &ev_events, &ev_sock);
+        if (ev_sock & POLLIN) {
             struct sup_msg m;
             while (recv(sock, &m, sizeof m, MSG_DONTWAIT) == (ssize_t)sizeof m) {
                 /* a late request for the last run, or a retire that
@@ -1089,7 +1095,7 @@ static void serve_run(struct run_request *r, int children, int sock, int events)
                     kill(cmd, (int)m.what);
             }
         }
-        if (pfd[0].revents & POLLIN) {
+        if (ev_events & POLLIN) {
             struct signalfd_siginfo si;
             while (read(events, &si, sizeof si) > 0)
                 ;
@@ -1169,21 +1175,15 @@ static void supervisor_main(int sock)
     for (;;) {
         int fds[4 + PS_MAX_CGROUP_FDS], n_fds = 0;
         struct run_request r;
-        struct pollfd pfd[2] = {
-            { .fd = RUNQ_FD, .events = POLLIN },
-            { .fd = sock, .events = POLLIN },
-        };
-        if (poll(pfd, 2, -1) < 0)
-            continue;
-        if (pfd[1].revents & (POLLHUP | POLLERR))
-            _exit(0); /* init is gone */
-        if (pfd[1].revents & POLLIN) {
+        short ev_queue, ev_sock;
+        wait_fd_or_init(RUNQ_FD, sock, &ev_queue, &ev_sock);
+        if (ev_sock & POLLIN) {
             struct sup_msg m;
             while (recv(sock, &m, sizeof m, MSG_DONTWAIT) == (ssize_t)sizeof m)
                 if (m.kind == SUP_RETIRE)
                     _exit(0); /* idle, holding nothing: init has enough */
         }
-        if (!(pfd[0].revents & POLLIN))
+        if (!(ev_queue & POLLIN))
             continue;
         ssize_t n = take_request(buf, PS_MAX_REQUEST + 1, fds, &n_fds);
         if (n == -1)
