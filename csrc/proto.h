@@ -33,6 +33,7 @@ enum ps_step {
     PS_STEP_PIVOT_ROOT = 22,
     PS_STEP_TIME_NS = 23,
     PS_STEP_SIGNALS = 24,
+    PS_STEP_NETNS = 25,
     /* init and supervisor, starting a command */
     PS_STEP_FORK = 30,
     PS_STEP_STDIO = 31,
@@ -74,7 +75,8 @@ struct ps_record {
 #define PS_PLAN_MAGIC 0x31425350u /* "PSB1" */
 
 enum ps_plan_flags {
-    PS_PLAN_LOOPBACK = 1,   /* bring lo up (own network namespace) */
+    PS_PLAN_NETNS = 1,      /* own network namespace with lo up, made by init
+                             * (a helper started when argv[1] is "netns") */
     PS_PLAN_TIME_NS = 2,    /* commands get a new time namespace */
     PS_PLAN_CAPS = 4,       /* supervisors drop the bounding set to cap_bound */
     PS_PLAN_FILTER_IN_INIT = 8, /* init installs the filter once, after setup:

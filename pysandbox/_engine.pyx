@@ -108,12 +108,12 @@ def null_fd():
     return _null_fd
 
 
-cdef unsigned long _ns_flags(str network):
-    cdef unsigned long f = (CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWUTS
-                            | CLONE_NEWIPC | CLONE_NEWCGROUP)
-    if network == "none":
-        f |= CLONE_NEWNET
-    return f
+cdef unsigned long _ns_flags():
+    # no CLONE_NEWNET: network="none" has init make the network namespace in
+    # a helper process, alongside the mounts (argv[1] "netns"); it is owned
+    # by the sandbox's user namespace all the same
+    return (CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWUTS
+            | CLONE_NEWIPC | CLONE_NEWCGROUP)
 
 
 cdef int _kill_and_reap(pid_t pid, int pidfd) noexcept nogil:
@@ -190,7 +190,7 @@ cdef class Sandbox:
         cdef pid_t pid = 0
         cdef int pidfd = -1, rc
         cdef bytes uid_map, gid_map
-        cdef char *argv[2]
+        cdef char *argv[3]
         cdef char *envp[1]
         cdef int cg_fds[8]
         cdef int n_cg = 0
@@ -200,6 +200,9 @@ cdef class Sandbox:
         try:
             argv[0] = b"pysandbox-init"
             argv[1] = NULL
+            argv[2] = NULL
+            if self.config.network == "none":
+                argv[1] = b"netns"
             envp[0] = NULL
             a.init_fd = sealed_init_fd()
             a.argv = argv
@@ -207,7 +210,7 @@ cdef class Sandbox:
             a.ctrl_fd = child.fileno()
             a.runq_fd = runq_child.fileno()
             a.null_fd = self._null_fd
-            a.ns_flags = _ns_flags(self.config.network)
+            a.ns_flags = _ns_flags()
             a.uid_map = uid_map
             a.gid_map = gid_map
             a.deny_setgroups = deny

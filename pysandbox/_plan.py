@@ -15,7 +15,7 @@ from ._config import Bind, Tmpfs
 (ROOT_TMPFS, ROOT_OVERLAY, BIND, TMPFS, PROC, DEVPTS, MKDIR, SYMLINK, REMOUNT_RO,
  MQUEUE, BIND_SELF) = range(1, 12)
 F_RDONLY, F_NOSUID, F_NODEV, F_NOEXEC, F_FILE, F_OPTIONAL, F_NO_CREATE = 1, 2, 4, 8, 16, 32, 64
-PLAN_LOOPBACK, PLAN_TIME_NS, PLAN_CAPS, PLAN_FILTER_IN_INIT = 1, 2, 4, 8
+PLAN_NETNS, PLAN_TIME_NS, PLAN_CAPS, PLAN_FILTER_IN_INIT = 1, 2, 4, 8
 PLAN_MAGIC = 0x31425350
 
 _HDR = struct.Struct("=6IQ")
@@ -156,7 +156,7 @@ def staging_dir():
 
 
 def pack_plan(cfg, ops, seccomp_filter=b""):
-    flags = PLAN_TIME_NS | PLAN_CAPS | (PLAN_LOOPBACK if cfg.network == "none" else 0)
+    flags = PLAN_TIME_NS | PLAN_CAPS | (PLAN_NETNS if cfg.network == "none" else 0)
     if cfg.seccomp == "default":
         # the default deny-list leaves all that init and the supervisors do
         # allowed, so it is installed once in init (custom policies: per run)

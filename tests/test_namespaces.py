@@ -3,6 +3,8 @@ readlink /proc/self/ns/*, ps, hostname and /proc/net/dev show) against the
 host's view."""
 import os
 import socket
+import subprocess
+import sys
 
 import pytest
 
@@ -197,3 +199,49 @@ def test_network_capabilities_apply_in_the_sandboxs_own_namespace():
     with pysandbox.Sandbox(capabilities=[]) as s:
         r = s.run(["python3", "-c", code], capture_output=True, text=True)
         assert r.returncode != 0 and "Permission denied" in r.stderr
+
+
+PROCS_AND_FDS = "echo $$; cat /proc/[0-9]*/comm; echo fds $(ls /proc/1/fd | wc -l)"
+
+
+def test_network_namespace_helper_leaves_nothing(rootfs):
+    # network="none": init makes the namespace in a helper process while it
+    # builds the mounts; neither the helper nor its fds may outlive setup
+    # (first run of a fresh sandbox: init, one supervisor, this shell)
+    out = {}
+    for net in ("none", "host"):
+        with Sandbox(rootfs, network=net) as s:
+            r = sh(s, PROCS_AND_FDS)
+        assert r.returncode == 0, r.stderr
+        pid, rest = r.stdout.split("\n", 1)
+        out[net] = rest.split()
+        if net == "none" and len(os.sched_getaffinity(0)) > 1:
+            # pid 2 was the helper: supervisor 3, this shell 4
+            assert pid == "4", pid
+    assert out["none"][:3] == ["pysandbox-init", "pysandbox-run", "sh"], out["none"]
+    assert out["none"] == out["host"]
+
+
+INLINE_NETNS = """
+import os, sys, pysandbox
+os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+with pysandbox.Sandbox(sys.argv[1], network="none") as s:
+    r = s.run(["sh", "-c", "echo $$; readlink /proc/self/ns/net; cat /proc/net/dev; "
+               "cat /proc/1/status"], capture_output=True, text=True)
+print(os.readlink("/proc/self/ns/net"))
+print(r.stdout)
+"""
+
+
+def test_network_none_on_one_cpu(rootfs):
+    # with a single CPU allowed there is no helper: init makes the namespace
+    # itself; the result is the same
+    r = subprocess.run([sys.executable, "-c", INLINE_NETNS, rootfs],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    host_net, shell_pid, inside_net, rest = r.stdout.split("\n", 3)
+    assert shell_pid == "3"   # no helper took pid 2: supervisor 2, this shell 3
+    assert inside_net.startswith("net:[") and inside_net != host_net
+    assert net_interfaces(rest.split("Name:", 1)[0]) == {"lo"}
+    allowed = [l for l in rest.splitlines() if l.startswith("Cpus_allowed_list:")]
+    assert len(allowed) == 1 and "-" not in allowed[0] and "," not in allowed[0], allowed
