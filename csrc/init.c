@@ -26,7 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
-#include <sys/mount.h>
+#include "mount_api.h"
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/signalfd.h>
