@@ -349,16 +349,74 @@ fail:;
     return -1;
 }
 
+/* The directory the last missing target was created in.  Targets come in
+ * runs under one parent (/dev/null, /dev/zero ...; /etc/passwd, /etc/group
+ * ...; a hundred binds under /mnt): the next one is created from this fd,
+ * without resolving the parent again, nor probing the target first.  The
+ * fd stays right while nothing is mounted over that directory or above it:
+ * run_op() drops it before any mount except one on a target just created
+ * in it. */
+static struct {
+    int fd;           /* O_RDONLY | O_DIRECTORY, or -1 */
+    char path[4096];  /* relative to the root, no leading '/' */
+} parent_cache = { -1, "" };
+
+static void drop_parent_cache(void)
+{
+    if (parent_cache.fd >= 0)
+        close(parent_cache.fd);
+    parent_cache.fd = -1;
+    parent_cache.path[0] = 0;
+}
+
+static int parent_cached(const char *parent)
+{
+    return parent_cache.fd >= 0 && strcmp(parent_cache.path, parent) == 0;
+}
+
+static int resolve_in_root(int root, const char *path, int create, int want_file,
+                           int *step, mode_t mode, int *created);
+
+/* A directory fd for `parent` (relative to root; created if missing),
+ * owned by the cache.  Returns -1 with errno and *step. */
+static int parent_dir(int root, const char *parent, int *step)
+{
+    if (parent_cached(parent))
+        return parent_cache.fd;
+    int pfd = resolve_in_root(root, parent, 1, 0, step, 0755, NULL);
+    if (pfd < 0)
+        return -1;
+    /* O_PATH fds cannot be used for mkdirat: reopen as a directory */
+    int dir = openat(pfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    int saved = errno;
+    close(pfd);
+    if (dir < 0) {
+        errno = saved;
+        *step = PS_STEP_CREATE_TARGET;
+        return -1;
+    }
+    drop_parent_cache();
+    parent_cache.fd = dir;
+    strcpy(parent_cache.path, parent); /* shorter than path[]: checked by the caller */
+    return dir;
+}
+
 /* Resolve `path` (absolute, inside) below root, creating what is missing:
  * directories, and the last component as a file when want_file.  Symlinks
- * and ".." cannot leave the root (RESOLVE_IN_ROOT).  Returns an O_PATH fd. */
+ * and ".." cannot leave the root (RESOLVE_IN_ROOT); an entry this call
+ * creates is opened with O_NOFOLLOW in the directory it was made in.
+ * Returns an O_PATH fd; *created (when not NULL) says whether the target
+ * was made here, in the directory parent_cache holds. */
 static int resolve_in_root(int root, const char *path, int create, int want_file,
-                           int *step, mode_t mode)
+                           int *step, mode_t mode, int *created)
 {
     struct open_how how;
-    char rel[4096];
-    int fd;
+    char rel[4096], parent[4096];
+    const char *base;
+    int fd, dir, rc;
 
+    if (created)
+        *created = 0;
     while (*path == '/')
         path++;
     if (!*path) {
@@ -373,55 +431,51 @@ static int resolve_in_root(int root, const char *path, int create, int want_file
         return -1;
     }
     strcpy(rel, path);
+    char *slash = strrchr(rel, '/');
+    if (slash) {
+        memcpy(parent, rel, (size_t)(slash - rel));
+        parent[slash - rel] = 0;
+        base = slash + 1;
+    } else {
+        parent[0] = 0;
+        base = rel;
+    }
     memset(&how, 0, sizeof how);
     how.flags = O_PATH | O_CLOEXEC;
     how.resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS;
-    fd = (int)syscall(SYS_openat2, root, rel, &how, sizeof how);
-    if (fd >= 0 || errno != ENOENT || !create) {
-        if (fd < 0)
-            *step = PS_STEP_RESOLVE_TARGET;
-        return fd;
+
+    /* an existing target is opened as it is (following symlinks inside);
+     * in a cached parent, creating is tried first (EEXIST: it exists) */
+    if (!create || !parent_cached(parent)) {
+        fd = (int)syscall(SYS_openat2, root, rel, &how, sizeof how);
+        if (fd >= 0 || errno != ENOENT || !create) {
+            if (fd < 0)
+                *step = PS_STEP_RESOLVE_TARGET;
+            return fd;
+        }
     }
-    /* create the parent first, then this component inside it */
-    char *slash = strrchr(rel, '/');
-    int parent;
-    const char *base;
-    if (slash) {
-        *slash = 0;
-        parent = resolve_in_root(root, rel, 1, 0, step, 0755);
-        base = slash + 1;
-    } else {
-        parent = dup(root);
-        base = rel;
-    }
-    if (parent < 0)
+    dir = parent_dir(root, parent, step);
+    if (dir < 0)
         return -1;
-    /* O_PATH parents cannot be used for mkdirat: reopen as a directory */
-    int dir = openat(parent, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    close(parent);
-    if (dir < 0) {
-        *step = PS_STEP_CREATE_TARGET;
-        return -1;
-    }
-    int rc;
     if (want_file) {
-        rc = openat(dir, base, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
-                    0644);
+        rc = openat(dir, base, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
         if (rc >= 0)
             close(rc);
     } else {
         rc = mkdirat(dir, base, mode);
     }
-    if (rc < 0 && errno != EEXIST) {
-        int saved = errno;
-        close(dir);
-        errno = saved;
+    if (rc >= 0) {
+        fd = openat(dir, base, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+        if (fd < 0)
+            *step = PS_STEP_RESOLVE_TARGET;
+        else if (created)
+            *created = 1;
+        return fd;
+    }
+    if (errno != EEXIST) {
         *step = PS_STEP_CREATE_TARGET;
         return -1;
     }
-    close(dir);
-    if (slash)
-        *slash = '/';
     fd = (int)syscall(SYS_openat2, root, rel, &how, sizeof how);
     if (fd < 0)
         *step = PS_STEP_RESOLVE_TARGET;
@@ -480,24 +534,16 @@ static int run_op(int root, struct op *o, int *step)
         }
         memcpy(parent, o->dst, plen);
         parent[plen] = 0;
-        int pfd = resolve_in_root(root, parent, 1, 0, step, 0755);
-        if (pfd < 0)
+        const char *p = parent;
+        while (*p == '/')
+            p++;
+        int dir = parent_dir(root, p, step); /* owned by the cache */
+        if (dir < 0)
             return -1;
-        int dir = openat(pfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-        close(pfd);
-        if (dir < 0 || symlinkat(o->data, dir, slash ? slash + 1 : o->dst) < 0) {
-            if (errno == EEXIST) {
-                close(dir);
-                return 0;
-            }
-            int saved = errno;
-            if (dir >= 0)
-                close(dir);
-            errno = saved;
+        if (symlinkat(o->data, dir, slash ? slash + 1 : o->dst) < 0 && errno != EEXIST) {
             *step = PS_STEP_SYMLINK;
             return -1;
         }
-        close(dir);
         return 0;
     }
     case PS_OP_BIND:
@@ -513,13 +559,18 @@ static int run_op(int root, struct op *o, int *step)
         break;
     }
 
+    int created;
     target = resolve_in_root(root, o->dst, !(o->flags & PS_F_NO_CREATE), want_file,
-                             step, o->mode ? (mode_t)o->mode : 0755);
+                             step, o->mode ? (mode_t)o->mode : 0755, &created);
     if (target < 0) {
         if (errno == ENOENT && (o->flags & PS_F_NO_CREATE))
             return 0;
         return -1;
     }
+    /* a mount anywhere but on a target just made in the cached directory
+     * may cover that directory: forget it */
+    if (!created && o->kind != PS_OP_MKDIR && o->kind != PS_OP_REMOUNT_RO)
+        drop_parent_cache();
 
     switch (o->kind) {
     case PS_OP_MKDIR:
@@ -746,6 +797,7 @@ static int build_container(struct plan *pl, int *step, int *index)
             return -1;
     }
     *index = -1;
+    drop_parent_cache();
 
     if (pl->hostname) {
         *step = PS_STEP_HOSTNAME;

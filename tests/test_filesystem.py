@@ -346,6 +346,55 @@ def test_bind_inside_tmpfs_inside_bind(rootfs, hostdir, tmp_path):
         assert ok(s, "cat /a/b/c/o") == "o\n"
 
 
+def _other_dir(tmp_path, name="other"):
+    d = tmp_path / name
+    d.mkdir()
+    (d / "o").write_text(name + "\n")
+    return d
+
+
+def test_mount_over_the_parent_of_earlier_targets(rootfs, hostdir, tmp_path):
+    # targets made one after another in one directory reuse its fd; a mount
+    # over that directory (or above it) must send later targets to the new
+    # mount, not to the covered directory
+    other = _other_dir(tmp_path)
+    mounts = [Bind(str(hostdir), "/data/a"), Tmpfs("/data"), Bind(str(other), "/data/b")]
+    with Sandbox(rootfs, mounts=mounts) as s:
+        assert ok(s, "ls -A /data; cat /data/b/o") == "b\nother\n"
+    mounts = [Bind(str(hostdir), "/g/p/a"), Tmpfs("/g"), Bind(str(other), "/g/p/b")]
+    with Sandbox(rootfs, mounts=mounts) as s:
+        assert ok(s, "ls -A /g /g/p; cat /g/p/b/o") == "/g:\np\n\n/g/p:\nb\nother\n"
+
+
+def test_many_targets_in_one_directory(rootfs, tmp_path):
+    dirs = [_other_dir(tmp_path, f"d{i}") for i in range(20)]
+    files = []
+    for i in range(5):
+        f = tmp_path / f"f{i}"
+        f.write_text(f"file{i}\n")
+        files.append(Bind(str(f), f"/many/f{i}"))
+    mounts = [Bind(str(d), f"/many/{d.name}") for d in dirs] + files
+    with Sandbox(rootfs, mounts=mounts) as s:
+        listing = ok(s, "ls -A /many").split()
+        text = ok(s, "cat /many/d*/o /many/f*").split()
+    assert sorted(listing) == sorted([d.name for d in dirs] + [f"f{i}" for i in range(5)])
+    assert sorted(text) == sorted([d.name for d in dirs] + [f"file{i}" for i in range(5)])
+
+
+def test_existing_symlink_next_to_created_target_stays_inside(own_rootfs, hostdir, tmp_path):
+    # /d/new is created in /d (whose fd is then reused); /d/l exists, as a
+    # link to /etc: it is resolved inside the root like any existing target
+    os.makedirs(os.path.join(own_rootfs, "d"))
+    os.symlink("/etc", os.path.join(own_rootfs, "d", "l"))
+    other = _other_dir(tmp_path)
+    before_root = root_state(own_rootfs)
+    mounts = [Bind(str(other), "/d/new"), Bind(str(hostdir), "/d/l")]
+    with Sandbox(own_rootfs, mounts=mounts) as s:
+        assert ok(s, "cat /d/new/o /etc/marker /d/l/marker") == "other\n" + "from host\n" * 2
+    assert root_state(own_rootfs) == before_root
+    assert not os.path.exists("/etc/marker")
+
+
 def _escape_links(host_path):
     """Three spellings of a link, placed at /escape in the rootfs copy, that
     all reach host_path when followed on the host."""
