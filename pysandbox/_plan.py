@@ -4,6 +4,7 @@ The plan is serialized once per sandbox into the wire format of
 csrc/proto.h (struct ps_plan_hdr, struct ps_op_hdr)."""
 from __future__ import annotations
 
+import functools
 import os
 import struct
 import time
@@ -36,41 +37,57 @@ DEV_LINKS = (("ptmx", "pts/ptmx"), ("fd", "/proc/self/fd"), ("stdin", "/proc/sel
              ("core", "/proc/kcore"))
 
 
+def _z(s):
+    return b"" if s is None else os.fsencode(s) + b"\0"
+
+
 class Op:
-    __slots__ = ("kind", "flags", "mode", "src", "dst", "data")
+    """One step of the plan.  Ops are immutable once made; the fixed ones
+    (/proc, /dev, the default root) are shared between sandboxes, and each
+    keeps its wire form once packed."""
+    __slots__ = ("kind", "flags", "mode", "src", "dst", "data", "_packed")
 
     def __init__(self, kind, dst=None, src=None, data=None, flags=0, mode=0):
         self.kind, self.flags, self.mode = kind, flags, mode
         self.src, self.dst, self.data = src, dst, data
+        self._packed = None
 
     def describe(self):
         """The path a failure of this op is about."""
         return self.dst if self.src is None else f"{self.src} -> {self.dst}"
 
     def pack(self):
-        def z(s):
-            return b"" if s is None else os.fsencode(s) + b"\0"
-        src, dst, data = z(self.src), z(self.dst), z(self.data)
-        return _OP.pack(self.kind, self.flags, self.mode, len(src), len(dst), len(data)) + src + dst + data
+        p = self._packed
+        if p is None:
+            src, dst, data = _z(self.src), _z(self.dst), _z(self.data)
+            p = self._packed = (_OP.pack(self.kind, self.flags, self.mode, len(src), len(dst),
+                                         len(data)) + src + dst + data)
+        return p
 
 
 def _overlay_escape(path):
     return path.replace("\\", "\\\\").replace(":", "\\:").replace(",", "\\,")
 
 
-_default_root_cache = (0.0, None)
+# What the host's files decide (which system directories and /etc names
+# exist, which /proc entries to mask, where to stage the root) is looked up
+# again after this many seconds: it rarely changes, and each is a few stats.
+HOST_CACHE_SECONDS = 5.0
+_host_cache = {}
+
+
+def _cached(key, make):
+    now = time.monotonic()
+    made, value = _host_cache.get(key, (0.0, None))
+    if value is None or now - made > HOST_CACHE_SECONDS:
+        value = make()
+        _host_cache[key] = (now, value)
+    return value
 
 
 def _default_root_ops():
-    """The ops of the embedded root (cached for a few seconds: the host's
-    system directories and /etc names rarely change; each op is a few stats)."""
-    global _default_root_cache
-    now = time.monotonic()
-    made, ops = _default_root_cache
-    if ops is None or now - made > 5.0:
-        ops = _make_default_root_ops()
-        _default_root_cache = (now, ops)
-    return list(ops)
+    """The ops of the embedded root."""
+    return _cached("default-root", lambda: tuple(_make_default_root_ops()))
 
 
 def _make_default_root_ops():
@@ -116,12 +133,9 @@ def _proc_ops():
     return ops
 
 
-def build_ops(cfg):
-    if cfg.rootfs is None:
-        ops = _default_root_ops()
-    else:
-        ops = [Op(ROOT_OVERLAY, "/", src=_overlay_escape(cfg.rootfs))]
-    ops.extend(_proc_ops())
+def _system_ops():
+    """/proc, /dev and /tmp: the same in every sandbox."""
+    ops = _proc_ops()
     ops.append(Op(TMPFS, "/dev", data="mode=0755,size=65536k", flags=F_NOSUID | F_NOEXEC))
     for n in DEV_NODES:
         ops.append(Op(BIND, "/dev/" + n, src="/dev/" + n, flags=F_NOSUID | F_NOEXEC | F_FILE))
@@ -132,15 +146,36 @@ def build_ops(cfg):
     ops.append(Op(TMPFS, "/dev/shm", data="mode=1777", flags=F_NOSUID | F_NODEV))
     ops.append(Op(MQUEUE, "/dev/mqueue", flags=F_NOSUID | F_NODEV | F_NOEXEC))
     ops.append(Op(TMPFS, "/tmp", data="mode=1777", flags=F_NOSUID | F_NODEV))
+    return tuple(ops)
+
+
+@functools.lru_cache(maxsize=4096)
+def _bind_op(m, cwd):
+    src = os.path.abspath(m.source) if cwd is None else os.path.join(cwd, m.source)
+    return Op(BIND, m.target, src=os.path.normpath(src),
+              flags=(F_RDONLY if m.read_only else 0) | F_NODEV)
+
+
+@functools.lru_cache(maxsize=4096)
+def _tmpfs_op(m):
+    data = "mode=0755" + (f",size={m.size}" if m.size else "")
+    return Op(TMPFS, m.target, data=data, flags=F_NOSUID | F_NODEV)
+
+
+def build_ops(cfg):
+    if cfg.rootfs is None:
+        ops = list(_default_root_ops())
+    else:
+        ops = [Op(ROOT_OVERLAY, "/", src=_overlay_escape(cfg.rootfs))]
+    ops.extend(_cached("system", _system_ops))
     for m in cfg.mounts:
         if isinstance(m, Bind):
-            # init opens sources in the host's view: symlinks resolve as here
-            src = os.path.abspath(m.source)
-            ops.append(Op(BIND, m.target, src=src,
-                          flags=(F_RDONLY if m.read_only else 0) | F_NODEV))
+            # init opens sources in the host's view: symlinks resolve as
+            # here, relative sources from this process's cwd
+            src = m.source
+            ops.append(_bind_op(m, None if src.startswith("/") else os.getcwd()))
         elif isinstance(m, Tmpfs):
-            data = "mode=0755" + (f",size={m.size}" if m.size else "")
-            ops.append(Op(TMPFS, m.target, data=data, flags=F_NOSUID | F_NODEV))
+            ops.append(_tmpfs_op(m))
     if cfg.read_only:
         ops.append(Op(REMOUNT_RO, "/"))
     return ops
@@ -149,6 +184,10 @@ def build_ops(cfg):
 def staging_dir():
     """Where init attaches the new root before pivot_root (host view, inside
     init's private mount namespace only)."""
+    return _cached("staging", _find_staging_dir)
+
+
+def _find_staging_dir():
     for d in ("/tmp", "/mnt", "/var/tmp", "/opt", "/srv"):
         if os.path.isdir(d) and not os.path.islink(d):
             return d
