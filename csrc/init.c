@@ -1001,10 +1001,35 @@ static void send_exit(int chan, pid_t pid, int status, const struct rusage *ru)
     send_record(chan, &r);
 }
 
+/* A wait status (as wait4 gives it) from waitid's siginfo. */
+static int wait_status(const siginfo_t *si)
+{
+    switch (si->si_code) {
+    case CLD_EXITED:
+        return (si->si_status & 0xff) << 8;
+    case CLD_DUMPED:
+        return (si->si_status & 0x7f) | 0x80;
+    default:
+        return si->si_status & 0x7f;
+    }
+}
+
 /* Reap what is ready (or block for one when `block`).  Returns -1 when the
- * supervisor has no child left. */
+ * supervisor has no child left.  The command's exit is sent before it is
+ * reaped (waitid WNOWAIT gives status and rusage): the caller is waiting
+ * for the record, not for the kernel to free the task. */
 static int reap_children(pid_t cmd, int *cmd_reaped, int chan, int block)
 {
+    if (!*cmd_reaped && !block) {
+        siginfo_t si;
+        struct rusage ru;
+        memset(&si, 0, sizeof si);
+        if (syscall(SYS_waitid, P_PID, cmd, &si, WEXITED | WNOWAIT | WNOHANG | __WALL,
+                    &ru) == 0 && si.si_pid == cmd) {
+            *cmd_reaped = 1;
+            send_exit(chan, cmd, wait_status(&si), &ru);
+        }
+    }
     for (;;) {
         int status;
         struct rusage ru;
@@ -1262,7 +1287,8 @@ static void serve_run(struct run_request *r, int children, int sock, int events)
 
 /* Take one run request from the shared queue, if one is there: a single
  * receive into a buffer of the largest size a request may have (several
- * supervisors read the queue: no peek-then-read). */
+ * supervisors read the queue: no peek-then-read).  Returns its size, -1
+ * when there is none, -2 when it was too large, -3 at end of queue. */
 static ssize_t take_request(char *buf, size_t size, int *fds, int *n_fds)
 {
     union {
@@ -1284,6 +1310,8 @@ static ssize_t take_request(char *buf, size_t size, int *fds, int *n_fds)
     } while (n < 0 && errno == EINTR);
     if (n < 0)
         return -1;
+    if (n == 0 && msg.msg_controllen == 0)
+        return -3; /* end of the queue: the sandbox is closing */
     collect_fds(&msg, fds, 4 + PS_MAX_CGROUP_FDS, n_fds);
     if (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) {
         errno = EMSGSIZE;
@@ -1341,6 +1369,8 @@ static void supervisor_main(int sock)
         if (!(ev_queue & POLLIN))
             continue;
         ssize_t n = take_request(buf, PS_MAX_REQUEST + 1, fds, &n_fds);
+        if (n == -3)
+            _exit(0); /* the sandbox is closing (else poll() would say so again and again) */
         if (n == -1)
             continue; /* another supervisor took it */
         memset(&r, 0, sizeof r);

@@ -168,6 +168,8 @@ struct ps_rlimit {
 /* init's fds: the control socket (plan, signals, parent death) and the run
  * queue (run requests, read by the spare supervisor) */
 #define PS_MAX_CGROUP_FDS 8
+/* fds on one request: channel, stdin, stdout, stderr, cgroup.procs files */
+#define PS_MAX_SEND_FDS (4 + PS_MAX_CGROUP_FDS)
 #define PS_MAX_REQUEST (256 * 1024)   /* bytes of one run request, at most */
 #define PS_CTRL_FD 3
 #define PS_RUNQ_FD 4

@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -285,4 +286,43 @@ fail:
     if (mem >= 0)
         close(mem);
     return -1;
+}
+
+int ps_send_with_fds(int sock, const void *buf, size_t len, const int *fds, int n_fds)
+{
+    union {
+        struct cmsghdr h;
+        char b[CMSG_SPACE(sizeof(int) * PS_MAX_SEND_FDS)];
+    } cbuf;
+    struct iovec iov = { (void *)buf, len };
+    struct msghdr msg;
+    ssize_t n;
+
+    if (n_fds < 0 || n_fds > PS_MAX_SEND_FDS) {
+        errno = EINVAL;
+        return -1;
+    }
+    memset(&msg, 0, sizeof msg);
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    if (n_fds > 0) {
+        memset(&cbuf, 0, sizeof cbuf);
+        msg.msg_control = cbuf.b;
+        msg.msg_controllen = CMSG_SPACE(sizeof(int) * (size_t)n_fds);
+        struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+        c->cmsg_level = SOL_SOCKET;
+        c->cmsg_type = SCM_RIGHTS;
+        c->cmsg_len = CMSG_LEN(sizeof(int) * (size_t)n_fds);
+        memcpy(CMSG_DATA(c), fds, sizeof(int) * (size_t)n_fds);
+    }
+    do
+        n = sendmsg(sock, &msg, MSG_NOSIGNAL);
+    while (n < 0 && errno == EINTR);
+    if (n < 0)
+        return -1;
+    if ((size_t)n != len) {
+        errno = EMSGSIZE;
+        return -1;
+    }
+    return 0;
 }

@@ -34,4 +34,8 @@ int ps_seal_init_from_parent(const char *path, int *fd_out, struct ps_error *e);
 int ps_spawn_init_from_parent(const struct ps_spawn_args *a, pid_t *pid_out,
                               int *pidfd_out, struct ps_error *e);
 
+/* Parent side: one message with fds attached (SCM_RIGHTS), as a run request
+ * is sent to the run queue.  Returns 0, or -1 with errno. */
+int ps_send_with_fds(int sock, const void *buf, size_t len, const int *fds, int n_fds);
+
 #endif

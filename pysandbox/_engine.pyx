@@ -4,7 +4,6 @@ type.  Every policy decision is made in the Python modules it calls."""
 import os
 import socket
 import threading
-from array import array
 
 from ._config import SandboxConfig
 from ._errors import SandboxError, setup_error
@@ -29,7 +28,7 @@ cdef extern from "<sys/wait.h>" nogil:
 
 cdef extern from "<errno.h>":
     int errno
-    int EINTR
+    int EINTR, EPIPE, ECONNRESET, EMSGSIZE
 
 cdef extern from "<sched.h>":
     unsigned long CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNS, CLONE_NEWUTS
@@ -55,9 +54,11 @@ cdef extern from "spawn.h":
     int ps_seal_init_from_parent(const char *path, int *fd_out, ps_error *e) nogil
     int ps_spawn_init_from_parent(const ps_spawn_args *a, pid_t *pid_out,
                                   int *pidfd_out, ps_error *e) nogil
+    int ps_send_with_fds(int sock, const void *buf, size_t len, const int *fds,
+                         int n_fds) nogil
 
 cdef extern from "proto.h":
-    int PS_REC_READY, PS_REC_SETUP_FAILED
+    int PS_REC_READY, PS_REC_SETUP_FAILED, PS_MAX_SEND_FDS
 
 INIT_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pysandbox-init")
 
@@ -143,6 +144,7 @@ cdef class Sandbox:
     cdef public object _env
     cdef public object _cwd
     cdef public object _rlimits
+    cdef public object _request_tail   # wire form of the defaults (_runner)
     cdef public object _ids
     cdef public int _null_fd
     cdef public unsigned long long _cap_keep
@@ -160,6 +162,7 @@ cdef class Sandbox:
         self._ids = _plan.resolve_user(cfg.user, cfg.rootfs)
         self._env = dict(_runner.DEFAULT_ENV if cfg.env is None else cfg.env)
         self._cwd = cfg.cwd
+        self._request_tail = None
         # core dumps off unless asked for (later entries win); the hard
         # limit stays, since nothing in a user namespace can raise it again
         self._rlimits = ((_RLIMIT_CORE, 0, _resource.getrlimit(_RLIMIT_CORE)[1]),) + cfg.rlimits
@@ -266,17 +269,27 @@ cdef class Sandbox:
 
     def _send(self, bytes req, fds):
         """A run request, on the run queue (read by the spare supervisor)."""
+        cdef int cfds[16]
+        cdef int n = len(fds), sock, rc
+        cdef const char *buf = req
+        cdef size_t size = len(req)
         runq = self._runq
         if self._ctrl is None or runq is None:
             raise SandboxError("the sandbox is closed")
-        try:
-            runq.sendmsg([req], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array("i", fds))])
-        except (BrokenPipeError, ConnectionResetError):
-            raise SandboxError("the sandbox init is gone") from None
-        except OSError as exc:
-            if exc.errno == 90:   # EMSGSIZE
-                raise ValueError(f"argv and environment too large ({len(req)} bytes)") from None
-            raise
+        if n > PS_MAX_SEND_FDS or n > 16:
+            raise SandboxError(f"too many fds for one request ({n})")
+        for i in range(n):
+            cfds[i] = fds[i]
+        sock = runq.fileno()
+        with nogil:
+            rc = ps_send_with_fds(sock, buf, size, cfds, n)
+        if rc < 0:
+            err = errno
+            if err in (EPIPE, ECONNRESET):
+                raise SandboxError("the sandbox init is gone")
+            if err == EMSGSIZE:
+                raise ValueError(f"argv and environment too large ({size} bytes)")
+            raise OSError(err, os.strerror(err))
 
     def _signal(self, run_id, sig, flags):
         if self._ctrl is None:

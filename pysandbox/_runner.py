@@ -3,6 +3,8 @@
 Mirrors subprocess.run / subprocess.Popen where the APIs overlap."""
 from __future__ import annotations
 
+import _socket
+import errno
 import io
 import locale
 import math
@@ -88,6 +90,14 @@ def _check_timeout(timeout):
     return float(timeout)
 
 
+def _request_tail(envb, cwd, rl):
+    """(cwd, rlimits, number of env entries, (bytes before argv, after))."""
+    envl = [k + b"=" + v for k, v in envb.items()]
+    before = b"".join(_RLIMIT.pack(r, 0, s & _U64, h & _U64) for r, s, h in rl) + cwd.encode() + b"\0"
+    after = b"\0".join(envl) + (b"\0" if envl else b"")
+    return cwd, rl, len(envl), (before, after)
+
+
 class SandboxProcess:
     """A command running in a sandbox: the subset of subprocess.Popen that
     makes sense there.  `pid` is the pid inside the sandbox."""
@@ -118,22 +128,30 @@ class SandboxProcess:
             self.encoding = locale.getpreferredencoding(False)
 
         argv = _argv(args)
-        if env is None:
-            envb = sandbox._env
+        if env is None and cwd is None and rlimits is None:
+            # the sandbox's defaults: their wire form is made once
+            tail = sandbox._request_tail
+            if tail is None:
+                tail = sandbox._request_tail = _request_tail(
+                    sandbox._env, sandbox._cwd, sandbox._rlimits)
         else:
-            envb = _check_env(env, "env")
-        envl = [k + b"=" + v for k, v in envb.items()]
-        cwd = sandbox._cwd if cwd is None else _inside_path(cwd, "cwd")
-        rl = sandbox._rlimits + parse_rlimits(rlimits)
+            tail = _request_tail(sandbox._env if env is None else _check_env(env, "env"),
+                                 sandbox._cwd if cwd is None else _inside_path(cwd, "cwd"),
+                                 sandbox._rlimits + parse_rlimits(rlimits))
+        cwd, rl, n_env, tail = tail
         self._rlimits_sent = rl
         ids = sandbox._ids if user is None else sandbox._resolve_user(user)
 
         to_close = []     # child ends, closed once sent
         parent_ends = []  # closed on failure
         try:
-            p2c, c2p, errwrite = self._child_fds(stdin, stdout, stderr, to_close,
-                                                 parent_ends, bufsize)
-            chan, chan_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            if stdin is None and stdout is None and stderr is None:
+                # all inherited: checked only if the send refuses one (EBADF)
+                p2c, c2p, errwrite = 0, 1, 2
+            else:
+                p2c, c2p, errwrite = self._child_fds(stdin, stdout, stderr, to_close,
+                                                     parent_ends, bufsize)
+            chan, chan_child = _socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             to_close.append(chan_child.detach())
             self._chan = chan
             self.run_id = sandbox._next_run_id()
@@ -141,12 +159,9 @@ class SandboxProcess:
                      | (RUN_QUIET_SPAWN if _quiet else 0))
             uid, gid = ids if ids is not None else (0, 0)
             req = b"".join((
-                _REQ.pack(REQ_RUN, flags, self.run_id, 0, len(argv), len(envl),
+                _REQ.pack(REQ_RUN, flags, self.run_id, 0, len(argv), n_env,
                           uid, gid, len(rl), 0, sandbox._cap_keep),
-                b"".join(_RLIMIT.pack(r, 0, s & _U64, h & _U64) for r, s, h in rl),
-                cwd.encode(), b"\0",
-                b"\0".join(argv), b"\0",
-                b"\0".join(envl), b"\0" if envl else b"",
+                tail[0], b"\0".join(argv), b"\0", tail[1],
             ))
             if len(req) > MAX_REQUEST:
                 raise ValueError(f"argv, environment and cwd too large: {len(req)} bytes "
@@ -157,7 +172,14 @@ class SandboxProcess:
             fds = [to_close[-1], p2c, c2p, errwrite]
             if self._cg is not None:
                 fds += self._cg.procs_fds
-            sandbox._send(req, fds)
+            try:
+                sandbox._send(req, fds)
+            except OSError as exc:
+                if exc.errno != errno.EBADF or (p2c, c2p, errwrite) != (0, 1, 2):
+                    raise
+                # a closed 0, 1 or 2 here: the command gets /dev/null there
+                fds[1:4] = self._child_fds(None, None, None, to_close, parent_ends, bufsize)
+                sandbox._send(req, fds)
             if self._cg is not None:
                 self._cg.close_fds()
         except BaseException:
@@ -429,6 +451,11 @@ class SandboxProcess:
                 self._bufs.setdefault(name, [])
                 self._kept.setdefault(name, 0)
         writer = self.stdin.fileno() if (self._input is not None and not self.stdin.closed) else None
+        if not readers and writer is None and deadline is None:
+            # nothing to pump, no deadline: just the exit record
+            if self.returncode is None:
+                self._handle_record(self._recv(block=True))
+            return self._collected()
         poller = select.poll()
         for fd in readers:
             poller.register(fd, select.POLLIN)
@@ -490,6 +517,10 @@ class SandboxProcess:
                             self._truncated = True
             if self.returncode is None and chan_fd is None:
                 break
+        return self._collected()
+
+    def _collected(self):
+        """(stdout, stderr, truncated) of a pump that has ended."""
         out = err = None
         if self.stdout is not None:
             out = self._decode(b"".join(self._bufs.get("out", [])))
