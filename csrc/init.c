@@ -25,6 +25,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/ioctl.h>
 #include "mount_api.h"
 #include <sys/prctl.h>
@@ -1321,6 +1322,50 @@ static ssize_t take_request(char *buf, size_t size, int *fds, int *n_fds)
     return n;
 }
 
+/* An idle supervisor waits for the run queue or for init.  All idle
+ * supervisors wait on the one queue: with EPOLLEXCLUSIVE a request wakes one
+ * of them, not all (each woken loser would burn a CPU slice per run). */
+static int make_idle_wait(int sock)
+{
+    int ep = epoll_create1(EPOLL_CLOEXEC);
+    struct epoll_event ev;
+    if (ep < 0)
+        return -1;
+    memset(&ev, 0, sizeof ev);
+    ev.events = EPOLLIN | EPOLLEXCLUSIVE;
+    ev.data.fd = RUNQ_FD;
+    if (epoll_ctl(ep, EPOLL_CTL_ADD, RUNQ_FD, &ev) == 0) {
+        ev.events = EPOLLIN;
+        ev.data.fd = sock;
+        if (epoll_ctl(ep, EPOLL_CTL_ADD, sock, &ev) == 0)
+            return ep;
+    }
+    close(ep);
+    return -1;
+}
+
+static void wait_for_request(int ep, int sock, short *queue_ev, short *sock_ev)
+{
+    struct epoll_event evs[2];
+    int n;
+    if (ep < 0) {
+        wait_fd_or_init(RUNQ_FD, sock, queue_ev, sock_ev);
+        return;
+    }
+    while ((n = epoll_wait(ep, evs, 2, -1)) < 0)
+        ;
+    *queue_ev = *sock_ev = 0;
+    for (int i = 0; i < n; i++) {
+        if (evs[i].data.fd == RUNQ_FD) {
+            *queue_ev = POLLIN;
+        } else {
+            if (evs[i].events & (EPOLLHUP | EPOLLERR))
+                _exit(0); /* init is gone: the sandbox is closing */
+            *sock_ev = POLLIN;
+        }
+    }
+}
+
 static void supervisor_main(int sock)
 {
     sigset_t set;
@@ -1355,24 +1400,31 @@ static void supervisor_main(int sock)
         memset(buf, 0, 8192);
     }
 
+    int ep = make_idle_wait(sock);
     for (;;) {
         int fds[4 + PS_MAX_CGROUP_FDS], n_fds = 0;
         struct run_request r;
         short ev_queue, ev_sock;
-        wait_fd_or_init(RUNQ_FD, sock, &ev_queue, &ev_sock);
+        int retire = 0;
+        wait_for_request(ep, sock, &ev_queue, &ev_sock);
         if (ev_sock & POLLIN) {
             struct sup_msg m;
             while (recv(sock, &m, sizeof m, MSG_DONTWAIT) == (ssize_t)sizeof m)
                 if (m.kind == SUP_RETIRE)
-                    _exit(0); /* idle, holding nothing: init has enough */
+                    retire = 1;
         }
-        if (!(ev_queue & POLLIN))
+        if (!(ev_queue & POLLIN) && !retire)
             continue;
+        /* (retiring: a request whose wakeup came here is served first; an
+         * exclusive wakeup is not given to another supervisor) */
         ssize_t n = take_request(buf, PS_MAX_REQUEST + 1, fds, &n_fds);
         if (n == -3)
             _exit(0); /* the sandbox is closing (else poll() would say so again and again) */
-        if (n == -1)
+        if (n == -1) {
+            if (retire)
+                _exit(0); /* idle, holding nothing: init has enough */
             continue; /* another supervisor took it */
+        }
         memset(&r, 0, sizeof r);
         uint32_t run_id = 0;
         int err = n == -2 ? EMSGSIZE : EINVAL;

@@ -692,6 +692,38 @@ def test_requests_of_any_size_with_several_idle_supervisors():
             assert s.run(["sh", "-c", long_script]).returncode == 7
 
 
+def _sleeps(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("voluntary_ctxt_switches:"):
+                return int(line.split()[1])
+    raise AssertionError("no voluntary_ctxt_switches")
+
+
+def test_a_request_wakes_one_idle_supervisor_not_all():
+    # idle supervisors share the run queue; a request must wake one of them
+    # (EPOLLEXCLUSIVE), not every one only for the losers to sleep again
+    with pysandbox.Sandbox() as s:
+        _burst(s, 3)
+        for _ in range(3):
+            s.run(["true"])
+        init = s.pid
+        with open(f"/proc/{init}/task/{init}/children") as f:
+            sups = [int(p) for p in f.read().split()]
+        assert len(sups) >= 2, sups    # else the test proves nothing
+        time.sleep(0.05)
+        before = {p: _sleeps(p) for p in sups}
+        n = 30
+        for _ in range(n):
+            s.run(["true"])
+            time.sleep(0.02)   # every supervisor is back waiting
+        grown = sorted(_sleeps(p) - before[p] for p in sups)
+    # one serves every run (and sleeps a few times in each); the others stay
+    # asleep -- a thundering herd wakes each of them once per run
+    assert grown[-1] >= n, grown
+    assert all(g < n // 3 for g in grown[:-1]), grown
+
+
 def test_timeout_zero_kills_a_run_not_yet_taken():
     # the kill can reach init before any supervisor has taken the request
     with pysandbox.Sandbox() as s:
