@@ -1694,6 +1694,30 @@ static void reap_orphans(int sfd)
         sweep_unowned();
 }
 
+/* Every ignored signal back to SIG_DFL.  The set comes from SigIgn in
+ * /proc/self/status (one read instead of a sigaction per signal); without
+ * it, all of them. */
+static void reset_ignored_signals(void)
+{
+    char buf[4096];
+    uint64_t ign = ~(uint64_t)0;
+    int fd = open("/proc/self/status", O_RDONLY | O_CLOEXEC);
+    if (fd >= 0) {
+        ssize_t n = read(fd, buf, sizeof buf - 1);
+        close(fd);
+        char *p = n > 0 ? (buf[n] = 0, strstr(buf, "\nSigIgn:")) : NULL;
+        if (p) {
+            char *end;
+            unsigned long long v = strtoull(p + 8, &end, 16);
+            if (end != p + 8)
+                ign = v;
+        }
+    }
+    for (int s = 1; s < _NSIG && s <= 64; s++)
+        if (ign & ((uint64_t)1 << (s - 1)))
+            signal(s, SIG_DFL);
+}
+
 int main(int argc, char **argv)
 {
     struct plan pl;
@@ -1703,9 +1727,9 @@ int main(int argc, char **argv)
     ssize_t n;
 
     /* dispositions inherited from Python (SIGPIPE, SIGXFSZ ignored) back to
-     * default, so that the commands get them default too */
-    for (int s = 1; s < _NSIG; s++)
-        signal(s, SIG_DFL);
+     * default, so that the commands get them default too: exec already did
+     * it for the handled ones, so only the ignored ones are left */
+    reset_ignored_signals();
     sigemptyset(&mask);
     sigaddset(&mask, SIGCHLD);
     sigprocmask(SIG_SETMASK, &mask, NULL);

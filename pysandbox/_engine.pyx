@@ -2,6 +2,7 @@
 """The only code that touches C: the sealed init, the spawn, and the Sandbox
 type.  Every policy decision is made in the Python modules it calls."""
 import os
+import _socket
 import socket
 import threading
 
@@ -59,6 +60,10 @@ cdef extern from "spawn.h":
 
 cdef extern from "proto.h":
     int PS_REC_READY, PS_REC_SETUP_FAILED, PS_MAX_SEND_FDS
+
+# plans up to this size are queued before the clone (well below the
+# socket's send buffer, so sending cannot block before init exists)
+PLAN_EARLY_MAX = 64 * 1024
 
 INIT_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pysandbox-init")
 
@@ -162,12 +167,14 @@ cdef class Sandbox:
         self._ids = _plan.resolve_user(cfg.user, cfg.rootfs)
         self._env = dict(_runner.DEFAULT_ENV if cfg.env is None else cfg.env)
         self._cwd = cfg.cwd
-        self._request_tail = None
         # core dumps off unless asked for (later entries win); the hard
         # limit stays, since nothing in a user namespace can raise it again
         self._rlimits = ((_RLIMIT_CORE, 0, _resource.getrlimit(_RLIMIT_CORE)[1]),) + cfg.rlimits
         self._cap_keep = cap_mask(cfg.capabilities)
         self._run_flags = _runner.RUN_CAPS | _runner.RUN_NO_NEW_PRIVS
+        # the wire form of the run defaults, ready for the first run (a pooled
+        # sandbox's first run is the one that counts)
+        self._request_tail = _runner._request_tail(self._env, self._cwd, self._rlimits)
         self._ops = _plan.build_ops(cfg)
         plan = _plan.pack_plan(cfg, self._ops, _seccomp.compile_filter(cfg.seccomp))
         self._lock = threading.Lock()
@@ -198,8 +205,13 @@ cdef class Sandbox:
         cdef int cg_fds[8]
         cdef int n_cg = 0
         uid_map, gid_map, deny = _plan.id_maps()
-        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        runq, runq_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        parent, child = _socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        runq, runq_child = _socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        # the plan waits in the socket for init: it reads it first thing
+        # (a plan too large for the socket buffer goes once init reads)
+        early = len(plan) <= PLAN_EARLY_MAX
+        if early:
+            parent.sendall(plan)
         try:
             argv[0] = b"pysandbox-init"
             argv[1] = NULL
@@ -247,7 +259,8 @@ cdef class Sandbox:
             child.close()
             runq_child.close()
         try:
-            parent.sendall(plan)
+            if not early:
+                parent.sendall(plan)
             data = parent.recv(_runner.RECORD.size)
             if len(data) != _runner.RECORD.size:
                 raise setup_error(0, 0, None, "the init exited before reporting")

@@ -542,3 +542,17 @@ def test_sys_absent_or_not_writable(request, root):
             assert "ro" in m["opts"], m
     if present:
         assert write.returncode != 0
+
+
+def test_plan_too_large_to_queue_before_the_clone(rootfs, hostdir):
+    # plans up to PLAN_EARLY_MAX wait in the socket before init exists;
+    # a larger one is sent once init reads
+    from pysandbox import _engine
+    deep = "/" + "/".join(["d" * 250] * 14)
+    mounts = [Bind(str(hostdir), f"{deep}/{i:03d}") for i in range(20)]
+    from pysandbox import _plan
+    from pysandbox._config import SandboxConfig
+    cfg = SandboxConfig.from_kwargs(rootfs, mounts=mounts)
+    assert len(_plan.pack_plan(cfg, _plan.build_ops(cfg))) > _engine.PLAN_EARLY_MAX
+    with Sandbox(rootfs, mounts=mounts) as s:
+        assert ok(s, f"cat {deep}/019/marker") == "from host\n"

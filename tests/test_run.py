@@ -38,6 +38,27 @@ def test_signal_gives_negative_returncode(tiny, sig):
     assert r.returncode == -sig
 
 
+IGNORING_PARENT = """
+import signal, sys, pysandbox
+for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGRTMIN + 3):
+    signal.signal(sig, signal.SIG_IGN)
+r = pysandbox.run(["sh", "-c", "grep SigIgn /proc/self/status /proc/1/status"],
+                  sys.argv[1], capture_output=True, text=True, timeout=20)
+print(r.stdout)
+"""
+
+
+def test_signals_the_caller_ignores_are_default_inside(rootfs):
+    # ignored dispositions survive exec: init resets every one it finds
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-c", IGNORING_PARENT, rootfs],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    masks = [int(line.split()[-1], 16) for line in r.stdout.split("\n") if "SigIgn" in line]
+    assert masks == [0, 0], r.stdout
+
+
 def test_sigpipe_and_sigxfsz_are_default_inside(tiny):
     # Python ignores SIGPIPE; the command must get the default disposition
     r = tiny.run(sh("yes | head -c 10 >/dev/null; grep -E '^Sig(Ign|Blk)' /proc/self/status"),
