@@ -32,6 +32,7 @@ if [ "$(id -u)" = 0 ]; then
     /usr/bin/python3 -m venv "$work/venv"
     "$work/venv/bin/pip" install -q "$here[test]"
     cp -r tests "$work/tests"
+    cp -r csrc "$work/csrc"   # tests/test_build.py builds the init from it
     cp pyproject.toml "$work/"
     mkdir "$work/tmp"
     chown -R 65534:65534 "$work"
