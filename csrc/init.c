@@ -339,8 +339,12 @@ static int overlay_root_mount(const char *lower, const char *staging)
      * goes: it leaves with the old root's detach.  (Closing it detached
      * would be an unmount of its own, and each unmount waits for an RCU
      * grace period.) */
-    if (move_mount(layer, "", AT_FDCWD, staging, MOVE_MOUNT_F_EMPTY_PATH) < 0)
+    if (move_mount(layer, "", AT_FDCWD, staging, MOVE_MOUNT_F_EMPTY_PATH) < 0) {
+        int saved = errno;
+        close(root);
+        errno = saved;
         goto fail;
+    }
     close(layer);
     return root;
 fail:;
@@ -412,9 +416,10 @@ static int resolve_in_root(int root, const char *path, int create, int want_file
                            int *step, mode_t mode, int *created)
 {
     struct open_how how;
-    char rel[4096], parent[4096];
-    const char *base;
-    int fd, dir, rc;
+    char rel[4096]; /* one path buffer per level: the recursion (a level per
+                     * missing component) runs on init's stack */
+    const char *base, *parent;
+    int fd, dir, rc, cached;
 
     if (created)
         *created = 0;
@@ -432,22 +437,22 @@ static int resolve_in_root(int root, const char *path, int create, int want_file
         return -1;
     }
     strcpy(rel, path);
+    /* the parent is rel up to its last slash: cut there while it is used */
     char *slash = strrchr(rel, '/');
-    if (slash) {
-        memcpy(parent, rel, (size_t)(slash - rel));
-        parent[slash - rel] = 0;
-        base = slash + 1;
-    } else {
-        parent[0] = 0;
-        base = rel;
-    }
+    parent = slash ? rel : "";
+    base = slash ? slash + 1 : rel;
+    if (slash)
+        *slash = 0;
+    cached = parent_cached(parent);
+    if (slash)
+        *slash = '/';
     memset(&how, 0, sizeof how);
     how.flags = O_PATH | O_CLOEXEC;
     how.resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS;
 
     /* an existing target is opened as it is (following symlinks inside);
      * in a cached parent, creating is tried first (EEXIST: it exists) */
-    if (!create || !parent_cached(parent)) {
+    if (!create || !cached) {
         fd = (int)syscall(SYS_openat2, root, rel, &how, sizeof how);
         if (fd >= 0 || errno != ENOENT || !create) {
             if (fd < 0)
@@ -455,7 +460,11 @@ static int resolve_in_root(int root, const char *path, int create, int want_file
             return fd;
         }
     }
+    if (slash)
+        *slash = 0;
     dir = parent_dir(root, parent, step);
+    if (slash)
+        *slash = '/';
     if (dir < 0)
         return -1;
     if (want_file) {
@@ -694,7 +703,7 @@ static void init_start_netns_helper(void)
      * init_finish_netns() */
     if (sched_getaffinity(0, sizeof cpus, &cpus) < 0 || CPU_COUNT(&cpus) < 2)
         return;
-    if (pipe2(netns_pipe, O_CLOEXEC) < 0)
+    if (pipe2(netns_pipe, O_CLOEXEC | O_NONBLOCK) < 0)
         return;
     /* fork semantics (no new stack), shared fd table, no exit signal */
     long pid = syscall(SYS_clone, (unsigned long)CLONE_FILES, NULL, NULL, NULL, 0UL);
@@ -729,12 +738,15 @@ static int init_finish_netns(int *step)
         *step = PS_STEP_LOOPBACK;
         return loopback_up();
     }
-    do
-        n = read(netns_pipe[0], &r, sizeof r);
-    while (n < 0 && errno == EINTR);
+    /* reaped first: the helper writes its result, then exits; one that
+     * died before writing leaves an empty pipe (its write end is in init's
+     * own table, so a blocking read would never see EOF) */
     while (waitpid(netns_helper, NULL, __WALL) < 0 && errno == EINTR)
         ;
     netns_helper = -1;
+    do
+        n = read(netns_pipe[0], &r, sizeof r);
+    while (n < 0 && errno == EINTR);
     close(netns_pipe[0]);
     close(netns_pipe[1]);
     if (n != (ssize_t)sizeof r) {
@@ -1665,10 +1677,24 @@ static void sweep_unowned(void)
         close(children);
 }
 
+/* Is a run request waiting on the queue?  Notes the end of the queue (the
+ * parent closed it): nothing more will come, so init stops watching it
+ * (else it would fork supervisor after supervisor, each reading the end). */
+static int runq_ended;
+
+static int request_waiting(void)
+{
+    char c;
+    ssize_t n = recv(RUNQ_FD, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (n == 0)
+        runq_ended = 1;
+    return n >= 0 && !runq_ended;
+}
+
 static void reap_orphans(int sfd)
 {
     struct signalfd_siginfo si;
-    int sweep = 0;
+    int sweep = 0, lost_idle = 0;
     while (read(sfd, &si, sizeof si) > 0)
         ;
     for (;;) {
@@ -1687,11 +1713,18 @@ static void reap_orphans(int sfd)
             read_notices(s); /* its last words (a "took" may be among them) */
             if (s->state == SUP_STATE_BUSY && WIFSIGNALED(status))
                 sweep = 1;
+            if (s->state != SUP_STATE_BUSY && WIFSIGNALED(status))
+                lost_idle = 1;
             drop_sup(w);
         }
     }
     if (sweep)
         sweep_unowned();
+    /* an idle supervisor killed after a request's wakeup went to it (one
+     * idle supervisor is woken per request) leaves that request queued with
+     * the others asleep: a new supervisor sees it as soon as it waits */
+    if (lost_idle && n_idle_sups > 0 && request_waiting())
+        make_supervisor();
 }
 
 /* Every ignored signal back to SIG_DFL.  The set comes from SigIgn in
@@ -1699,17 +1732,26 @@ static void reap_orphans(int sfd)
  * it, all of them. */
 static void reset_ignored_signals(void)
 {
-    char buf[4096];
+    static char buf[65536];
     uint64_t ign = ~(uint64_t)0;
+    size_t len = 0;
     int fd = open("/proc/self/status", O_RDONLY | O_CLOEXEC);
     if (fd >= 0) {
-        ssize_t n = read(fd, buf, sizeof buf - 1);
+        ssize_t n;
+        while (len < sizeof buf - 1 &&
+               ((n = read(fd, buf + len, sizeof buf - 1 - len)) > 0 ||
+                (n < 0 && errno == EINTR)))
+            if (n > 0)
+                len += (size_t)n;
         close(fd);
-        char *p = n > 0 ? (buf[n] = 0, strstr(buf, "\nSigIgn:")) : NULL;
+        buf[len] = 0;
+        /* "SigIgn:\t" and exactly 16 hex digits and a newline, else all */
+        char *p = strstr(buf, "\nSigIgn:\t");
         if (p) {
             char *end;
-            unsigned long long v = strtoull(p + 8, &end, 16);
-            if (end != p + 8)
+            p += 9;
+            unsigned long long v = strtoull(p, &end, 16);
+            if (end == p + 16 && *end == '\n')
                 ign = v;
         }
     }
@@ -1743,7 +1785,9 @@ int main(int argc, char **argv)
     if (n <= 0)
         _exit(0);
     memset(&pl, 0, sizeof pl);
-    if (parse_plan(buf, (size_t)n, &pl) < 0) {
+    if (parse_plan(buf, (size_t)n, &pl) < 0 ||
+        (netns_helper >= 0 && !(pl.flags & PS_PLAN_NETNS))) {
+        /* (a helper made a namespace the plan does not want) */
         send_simple(CTRL_FD, PS_REC_SETUP_FAILED, PS_STEP_READ_PLAN, EINVAL, -1, 0);
         _exit(1);
     }
@@ -1792,7 +1836,8 @@ int main(int argc, char **argv)
         int n = 0, max = 3 + MAX_POLLED_SUPS;
         pfd[n++] = (struct pollfd){ .fd = CTRL_FD, .events = POLLIN };
         pfd[n++] = (struct pollfd){ .fd = sfd, .events = POLLIN };
-        pfd[n++] = (struct pollfd){ .fd = n_idle_sups > 0 ? -1 : RUNQ_FD, .events = POLLIN };
+        pfd[n++] = (struct pollfd){ .fd = n_idle_sups > 0 || runq_ended ? -1 : RUNQ_FD,
+                                    .events = POLLIN };
         for (struct sup *s = sups; s && n < max; s = s->next) {
             owner[n] = s;
             pfd[n++] = (struct pollfd){ .fd = s->sock, .events = POLLIN };
@@ -1804,7 +1849,8 @@ int main(int argc, char **argv)
                     read_notices(owner[k]);
             if (pfd[1].revents)
                 reap_orphans(sfd);
-            if ((pfd[2].revents & POLLIN) && n_idle_sups == 0 && make_supervisor() < 0)
+            if ((pfd[2].revents & POLLIN) && n_idle_sups == 0 && request_waiting() &&
+                make_supervisor() < 0)
                 fail_queued_run(errno ? errno : EAGAIN);
             if (pfd[0].revents & (POLLIN | POLLHUP | POLLERR))
                 handle_request();

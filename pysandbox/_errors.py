@@ -30,7 +30,7 @@ STEP_NAMES = {
     22: "pivot_root",
     23: "unshare time namespace",
     24: "signalfd",
-    25: "unshare network namespace",
+    25: "make the network namespace",
     30: "fork",
     31: "set up stdio",
     32: "set uid/gid",

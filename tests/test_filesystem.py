@@ -556,3 +556,11 @@ def test_plan_too_large_to_queue_before_the_clone(rootfs, hostdir):
     assert len(_plan.pack_plan(cfg, _plan.build_ops(cfg))) > _engine.PLAN_EARLY_MAX
     with Sandbox(rootfs, mounts=mounts) as s:
         assert ok(s, f"cat {deep}/019/marker") == "from host\n"
+
+
+def test_deeply_nested_missing_target(rootfs):
+    # every missing component is one level of the init's target creation:
+    # a deep path must not exhaust its stack
+    deep = "/" + "a/" * 1100 + "b"
+    with Sandbox(rootfs, mounts=[Tmpfs(deep)]) as s:
+        assert ok(s, f"touch {deep}/x && ls {deep}") == "x\n"
