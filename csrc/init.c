@@ -666,32 +666,53 @@ fail:;
 /* The network namespace is made by a helper while init builds the mounts:
  * creating one is the costliest single step of a sandbox (~0.5 ms of kernel
  * time, mostly lo's sysctl tables), and it needs nothing from the mounts.
- * The helper is a fork (own memory: errno stays init's) sharing init's fd
- * table, so the namespace fd it gets (SIOCGSKNS on the socket that brought
- * lo up; no /proc needed) is init's to setns() into.  Started first thing
- * in main(), when the parent asked for it (argv[1] "netns"). */
+ * The helper is a plain fork (own memory, own copy of the fd table: a table
+ * shared with a live process makes every growth of it wait for an RCU grace
+ * period, milliseconds, and init opens an fd per bind source meanwhile).  It
+ * sends its result with the namespace fd (SIOCGSKNS on the socket that
+ * brought lo up; no /proc needed) over a socket pair, for init to setns()
+ * into.  Started first thing in main(), when the parent asked for it
+ * (argv[1] "netns"). */
 struct netns_result {
-    int32_t step, err, fd;
+    int32_t step, err;
 };
 static pid_t netns_helper = -1;
-static int netns_pipe[2] = { -1, -1 };
+static int netns_sock[2] = { -1, -1 };
 
 static void netns_helper_main(int out)
 {
-    struct netns_result r = { 0, 0, -1 };
-    int s = -1;
+    struct netns_result r = { 0, 0 };
+    int s = -1, ns = -1;
+    union {
+        struct cmsghdr h;
+        char b[CMSG_SPACE(sizeof(int))];
+    } cbuf;
+    struct iovec iov = { &r, sizeof r };
+    struct msghdr msg;
+
     if (unshare(CLONE_NEWNET) < 0)
         r.step = PS_STEP_NETNS;
     else if (loopback_up() < 0)
         r.step = PS_STEP_LOOPBACK;
     else if ((s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0)) < 0 ||
-             (r.fd = ioctl(s, SIOCGSKNS)) < 0)
+             (ns = ioctl(s, SIOCGSKNS)) < 0)
         r.step = PS_STEP_NETNS;
     if (r.step)
         r.err = errno;
-    if (s >= 0)
-        close(s); /* the helper's own number in the shared table */
-    while (write(out, &r, sizeof r) < 0 && errno == EINTR)
+    memset(&msg, 0, sizeof msg);
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    if (ns >= 0) {
+        memset(&cbuf, 0, sizeof cbuf);
+        msg.msg_control = cbuf.b;
+        msg.msg_controllen = sizeof cbuf.b;
+        struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+        c->cmsg_level = SOL_SOCKET;
+        c->cmsg_type = SCM_RIGHTS;
+        c->cmsg_len = CMSG_LEN(sizeof(int));
+        memcpy(CMSG_DATA(c), &ns, sizeof ns);
+    }
+    while (sendmsg(out, &msg, MSG_NOSIGNAL) < 0 && errno == EINTR)
         ;
     _exit(0);
 }
@@ -703,16 +724,17 @@ static void init_start_netns_helper(void)
      * init_finish_netns() */
     if (sched_getaffinity(0, sizeof cpus, &cpus) < 0 || CPU_COUNT(&cpus) < 2)
         return;
-    if (pipe2(netns_pipe, O_CLOEXEC | O_NONBLOCK) < 0)
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, netns_sock) < 0)
         return;
-    /* fork semantics (no new stack), shared fd table, no exit signal */
-    long pid = syscall(SYS_clone, (unsigned long)CLONE_FILES, NULL, NULL, NULL, 0UL);
+    /* fork semantics (no new stack), no exit signal */
+    long pid = syscall(SYS_clone, 0UL, NULL, NULL, NULL, 0UL);
     if (pid == 0)
-        netns_helper_main(netns_pipe[1]);
+        netns_helper_main(netns_sock[1]);
+    close(netns_sock[1]);
+    netns_sock[1] = -1;
     if (pid < 0) {
-        close(netns_pipe[0]);
-        close(netns_pipe[1]);
-        netns_pipe[0] = netns_pipe[1] = -1;
+        close(netns_sock[0]);
+        netns_sock[0] = -1;
         return;
     }
     netns_helper = (pid_t)pid;
@@ -728,7 +750,14 @@ static void init_start_netns_helper(void)
  * Returns 0, or -1 with errno and *step. */
 static int init_finish_netns(int *step)
 {
-    struct netns_result r = { PS_STEP_NETNS, EIO, -1 };
+    struct netns_result r = { PS_STEP_NETNS, EIO };
+    int fds[1], n_fds = 0;
+    union {
+        struct cmsghdr h;
+        char b[CMSG_SPACE(sizeof(int))];
+    } cbuf;
+    struct iovec iov = { &r, sizeof r };
+    struct msghdr msg;
     ssize_t n;
 
     *step = PS_STEP_NETNS;
@@ -738,29 +767,39 @@ static int init_finish_netns(int *step)
         *step = PS_STEP_LOOPBACK;
         return loopback_up();
     }
-    /* reaped first: the helper writes its result, then exits; one that
-     * died before writing leaves an empty pipe (its write end is in init's
-     * own table, so a blocking read would never see EOF) */
+    /* reaped first: the helper sends its result, then exits; one that died
+     * before sending leaves nothing to read (and its end is closed) */
     while (waitpid(netns_helper, NULL, __WALL) < 0 && errno == EINTR)
         ;
     netns_helper = -1;
+    memset(&msg, 0, sizeof msg);
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.b;
+    msg.msg_controllen = sizeof cbuf.b;
     do
-        n = read(netns_pipe[0], &r, sizeof r);
+        n = recvmsg(netns_sock[0], &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
     while (n < 0 && errno == EINTR);
-    close(netns_pipe[0]);
-    close(netns_pipe[1]);
-    if (n != (ssize_t)sizeof r) {
+    if (n > 0)
+        collect_fds(&msg, fds, 1, &n_fds);
+    close(netns_sock[0]);
+    netns_sock[0] = -1;
+    if (n != (ssize_t)sizeof r || (r.step == 0 && n_fds != 1)) {
+        if (n_fds == 1)
+            close(fds[0]);
         errno = EIO;
         return -1;
     }
     if (r.step) {
+        if (n_fds == 1)
+            close(fds[0]);
         *step = r.step;
         errno = r.err;
         return -1;
     }
-    int rc = setns(r.fd, CLONE_NEWNET);
+    int rc = setns(fds[0], CLONE_NEWNET);
     int saved = errno;
-    close(r.fd);
+    close(fds[0]);
     errno = saved;
     return rc;
 }
