@@ -679,16 +679,33 @@ struct netns_result {
 static pid_t netns_helper = -1;
 static int netns_sock[2] = { -1, -1 };
 
-static void netns_helper_main(int out)
-{
-    struct netns_result r = { 0, 0 };
-    int s = -1, ns = -1;
+/* A message of `len` bytes at `buf` with room for one passed fd. */
+struct one_fd_msg {
+    struct msghdr msg;
+    struct iovec iov;
     union {
         struct cmsghdr h;
         char b[CMSG_SPACE(sizeof(int))];
     } cbuf;
-    struct iovec iov = { &r, sizeof r };
-    struct msghdr msg;
+};
+
+static struct msghdr *one_fd_msg(struct one_fd_msg *m, void *buf, size_t len)
+{
+    memset(m, 0, sizeof *m);
+    m->iov.iov_base = buf;
+    m->iov.iov_len = len;
+    m->msg.msg_iov = &m->iov;
+    m->msg.msg_iovlen = 1;
+    m->msg.msg_control = m->cbuf.b;
+    m->msg.msg_controllen = sizeof m->cbuf.b;
+    return &m->msg;
+}
+
+static void netns_helper_main(int out)
+{
+    struct netns_result r = { 0, 0 };
+    int s = -1, ns = -1;
+    struct one_fd_msg m;
 
     if (unshare(CLONE_NEWNET) < 0)
         r.step = PS_STEP_NETNS;
@@ -699,20 +716,18 @@ static void netns_helper_main(int out)
         r.step = PS_STEP_NETNS;
     if (r.step)
         r.err = errno;
-    memset(&msg, 0, sizeof msg);
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
+    struct msghdr *msg = one_fd_msg(&m, &r, sizeof r);
     if (ns >= 0) {
-        memset(&cbuf, 0, sizeof cbuf);
-        msg.msg_control = cbuf.b;
-        msg.msg_controllen = sizeof cbuf.b;
-        struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+        struct cmsghdr *c = CMSG_FIRSTHDR(msg);
         c->cmsg_level = SOL_SOCKET;
         c->cmsg_type = SCM_RIGHTS;
         c->cmsg_len = CMSG_LEN(sizeof(int));
         memcpy(CMSG_DATA(c), &ns, sizeof ns);
+    } else {
+        msg->msg_control = NULL;
+        msg->msg_controllen = 0;
     }
-    while (sendmsg(out, &msg, MSG_NOSIGNAL) < 0 && errno == EINTR)
+    while (sendmsg(out, msg, MSG_NOSIGNAL) < 0 && errno == EINTR)
         ;
     _exit(0);
 }
@@ -752,12 +767,7 @@ static int init_finish_netns(int *step)
 {
     struct netns_result r = { PS_STEP_NETNS, EIO };
     int fds[1], n_fds = 0;
-    union {
-        struct cmsghdr h;
-        char b[CMSG_SPACE(sizeof(int))];
-    } cbuf;
-    struct iovec iov = { &r, sizeof r };
-    struct msghdr msg;
+    struct one_fd_msg m;
     ssize_t n;
 
     *step = PS_STEP_NETNS;
@@ -772,16 +782,12 @@ static int init_finish_netns(int *step)
     while (waitpid(netns_helper, NULL, __WALL) < 0 && errno == EINTR)
         ;
     netns_helper = -1;
-    memset(&msg, 0, sizeof msg);
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = cbuf.b;
-    msg.msg_controllen = sizeof cbuf.b;
+    struct msghdr *msg = one_fd_msg(&m, &r, sizeof r);
     do
-        n = recvmsg(netns_sock[0], &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+        n = recvmsg(netns_sock[0], msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
     while (n < 0 && errno == EINTR);
     if (n > 0)
-        collect_fds(&msg, fds, 1, &n_fds);
+        collect_fds(msg, fds, 1, &n_fds);
     close(netns_sock[0]);
     netns_sock[0] = -1;
     if (n != (ssize_t)sizeof r || (r.step == 0 && n_fds != 1)) {
