@@ -60,6 +60,7 @@ import functools
 import os
 import socket
 import struct
+import sys
 import termios
 import threading
 from dataclasses import dataclass
@@ -109,34 +110,6 @@ _TTY_INJECT = (getattr(termios, "TIOCSTI", 0x5412), getattr(termios, "TIOCLINUX"
 # personality(2) values Docker lets through: PER_LINUX, PER_LINUX32, UNAME26,
 # UNAME26|PER_LINUX32 and the 0xffffffff query
 _PERSONALITY_OK = (0x0, 0x8, 0x20000, 0x20008, 0xffffffff)
-# numbers above the highest named call that the ENOSYS range covers
-_FUTURE_SPAN = 128
-
-
-def _prefix_blocks(lo, hi, bits=32):
-    """[lo, hi] as (mask, value) prefix blocks: x is in the range iff
-    x & mask == value for one of them."""
-    out = []
-    full = (1 << bits) - 1
-    while lo <= hi:
-        size = lo & -lo if lo else 1 << bits
-        while size > hi - lo + 1:
-            size >>= 1
-        out.append((full & ~(size - 1), lo))
-        lo += size
-    return out
-
-
-def _personality_denied_blocks():
-    """Every 32-bit personality value but Docker's harmless ones, as blocks
-    (the kernel takes an unsigned int: the upper half is ignored, as here)."""
-    ok = sorted(_PERSONALITY_OK)
-    blocks, lo = [], 0
-    for v in ok + [1 << 32]:
-        if lo < v:
-            blocks += _prefix_blocks(lo, v - 1)
-        lo = v + 1
-    return blocks
 
 
 _ACTIONS = ("errno", "kill", "log")
@@ -202,6 +175,7 @@ class _Lib:
         # returns a malloc'd string: kept as a pointer and freed with libc free
         self.resolve_num = self._fn("seccomp_syscall_resolve_num_arch", vp, [u32, i])
         self.api_get = self._fn("seccomp_api_get", ctypes.c_uint, [])
+        self.arch_native = self._fn("seccomp_arch_native", u32, [])
         libc = ctypes.CDLL(None)
         self.free = libc.free
         self.free.restype, self.free.argtypes = None, [vp]
@@ -403,13 +377,8 @@ def _rules(policy):
         rules["socket"] = [(eperm, ((0, SCMP_CMP_MASKED_EQ, 0xFFFFFFFF, _AF_VSOCK),))]
         # ioctl(int fd, unsigned int request, ...): low 32 bits
         rules["ioctl"] = [(eperm, ((1, SCMP_CMP_MASKED_EQ, 0xFFFFFFFF, r),)) for r in _TTY_INJECT]
-        rules["personality"] = [(eperm, ((0, SCMP_CMP_MASKED_EQ, m, v),))
-                                for m, v in _personality_denied_blocks()]
-        hi = lib.max_named()
-        if hi >= 0:
-            enosys = SCMP_ACT_ERRNO(_errno.ENOSYS)
-            for nr in range(hi + 1, hi + 1 + _FUTURE_SPAN):
-                rules[nr] = [(enosys, ())]
+        # personality() and the calls newer than libseccomp are checked by
+        # the hand-made prefix (_prefix), not by libseccomp rules
         for name in policy.allow:
             rules.pop(name, None)
     if policy.deny:
@@ -467,10 +436,76 @@ def _export(lib, ctx, export):
         os.close(fd)
 
 
+# The default base's personality() values and its calls newer than
+# libseccomp, as a short hand-made prefix of libseccomp's program.  As
+# libseccomp rules they were 370 of the filter's 505 instructions (82 masked
+# comparisons for the personality values, 128 single-number rules), and the
+# kernel converts and JIT-compiles every instruction of a filter when it is
+# installed: ~95 us per sandbox, against ~40 us for the 150 of this form.
+_BPF_LD_W_ABS, _BPF_JEQ, _BPF_JGT, _BPF_JGE, _BPF_RET = 0x20, 0x15, 0x25, 0x35, 0x06
+_SECCOMP_DATA_NR, _SECCOMP_DATA_ARCH = 0, 4
+_SECCOMP_DATA_ARG0_LOW = 16 if sys.byteorder == "little" else 20
+_X32_SYSCALL_BIT = 0x40000000
+
+
+def _prefix_handles_personality(policy):
+    return "personality" not in policy.allow and "personality" not in policy.deny
+
+
+def _prefix(policy, lib):
+    """Raw instructions to put before libseccomp's program (b"" for none).
+    Every path either returns or jumps to the instruction right after the
+    prefix, where libseccomp's program starts (and checks the architecture
+    itself: a call from another one goes there untouched)."""
+    if policy.base != "default":
+        return b""
+    hi = lib.max_named()
+    pers = lib.resolve("personality") if _prefix_handles_personality(policy) else -1
+    native = lib.arch_native()
+    x86_64 = os.uname().machine == "x86_64"
+    # (code, target-or-None, target-or-None, k): targets are labels
+    code = [("ld", _SECCOMP_DATA_ARCH), ("jeq", native, None, "main")]
+    code.append(("ld", _SECCOMP_DATA_NR))
+    if x86_64:
+        code.append(("jge", _X32_SYSCALL_BIT, "main", None))   # x32: libseccomp kills it
+    if hi >= 0:
+        code.append(("jgt", hi, "enosys", None if pers >= 0 else "main"))
+    elif pers < 0:
+        return b""
+    if pers >= 0:
+        code.append(("jeq", pers, None, "main"))
+        code.append(("ld", _SECCOMP_DATA_ARG0_LOW))             # the kernel reads 32 bits
+        for i, v in enumerate(_PERSONALITY_OK):
+            last = i == len(_PERSONALITY_OK) - 1
+            code.append(("jeq", v, "allow", "eperm" if last else None))
+    labels = {}
+    body = code
+    rets = [("enosys", SCMP_ACT_ERRNO(_errno.ENOSYS)), ("eperm", SCMP_ACT_ERRNO(_errno.EPERM)),
+            ("allow", SCMP_ACT_ALLOW)]
+    for i, (name, _) in enumerate(rets):
+        labels[name] = len(body) + i
+    labels["main"] = len(body) + len(rets)
+    out = []
+    for i, ins in enumerate(body):
+        if ins[0] == "ld":
+            out.append(struct.pack("=HBBI", _BPF_LD_W_ABS, 0, 0, ins[1]))
+            continue
+        op = {"jeq": _BPF_JEQ, "jgt": _BPF_JGT, "jge": _BPF_JGE}[ins[0]]
+        jt = 0 if ins[2] is None else labels[ins[2]] - (i + 1)
+        jf = 0 if ins[3] is None else labels[ins[3]] - (i + 1)
+        if not (0 <= jt <= 255 and 0 <= jf <= 255):
+            raise SetupError(_errno.EINVAL, "compile the seccomp filter", None,
+                             "prefix jump out of range")
+        out.append(struct.pack("=HBBI", op, jt, jf, ins[1] & 0xFFFFFFFF))
+    for _, action in rets:
+        out.append(struct.pack("=HBBI", _BPF_RET, 0, 0, action))
+    return b"".join(out)
+
+
 @functools.lru_cache(maxsize=64)
 def _compile_cached(policy):
     lib = _libseccomp()
-    prog = _build(policy, lib.export_bpf)
+    prog = _prefix(policy, lib) + _build(policy, lib.export_bpf)
     if not prog or len(prog) % 8 or len(prog) // 8 > 4096:
         raise SetupError(_errno.EINVAL, "compile the seccomp filter", None,
                          f"libseccomp produced {len(prog)} bytes, not a BPF program")
@@ -495,11 +530,15 @@ def compile_filter(policy):
 
 
 def filter_text(policy):
-    """The filter in libseccomp's readable pseudo-C (for debugging)."""
+    """The filter in libseccomp's readable pseudo-C (for debugging); the
+    hand-made prefix, if any, is listed first as raw instructions."""
     if policy is None:
         return ""
     lib = _libseccomp()
-    return _build(_normalize(policy), lib.export_pfc).decode("utf-8", "replace")
+    policy = _normalize(policy)
+    head = "".join(f"# prefix {i}: code=0x{c:02x} jt={jt} jf={jf} k=0x{k:x}\n"
+                   for i, (c, jt, jf, k) in enumerate(instructions(_prefix(policy, lib))))
+    return head + _build(policy, lib.export_pfc).decode("utf-8", "replace")
 
 
 def instructions(prog):
