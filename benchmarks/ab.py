@@ -1,0 +1,126 @@
+"""Interleaved A/B: this checkout against another revision, on a noisy VM.
+
+    python3 benchmarks/ab.py REV [--rounds N] [--modes cold,warm,pool,binds]
+
+Builds REV in a temporary git worktree (`setup.py build_ext --inplace`),
+then measures both versions in alternating child processes, N rounds, and
+prints the medians and new/old ratios.  Alternating processes cancels most
+of the drift a shared VM shows from minute to minute, which separate
+benchmark runs do not.  The busybox rootfs of setup-anchors.sh is used when
+it exists (else the rows that need it are skipped).  Nothing is left behind:
+the worktree and the bind directories are removed at the end.
+"""
+import argparse
+import collections
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ANCHOR_ROOTFS = "/var/tmp/pysandbox-bench-rootfs"
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _median_us(fn, n):
+    times = []
+    for _ in range(n):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times) * 1e6
+
+
+def child(tree, mode, bind_dir):
+    """One block of one version, as JSON on stdout."""
+    sys.path.insert(0, tree)
+    import pysandbox
+    from pysandbox import Bind, SandboxPool
+    assert os.path.abspath(pysandbox.__file__).startswith(tree), pysandbox.__file__
+    rootfs = ANCHOR_ROOTFS if os.path.isdir(ANCHOR_ROOTFS) else None
+    out = {}
+    true = ["/bin/true"]
+    if mode == "cold":
+        for _ in range(10):
+            pysandbox.run(true)
+        out["cold default root"] = _median_us(lambda: pysandbox.run(true), 150)
+        if rootfs:
+            out["cold busybox rootfs"] = _median_us(lambda: pysandbox.run(true, rootfs), 150)
+        out["subprocess.run"] = _median_us(lambda: subprocess.run(true), 150)
+    elif mode == "warm":
+        with pysandbox.Sandbox() as s:
+            for _ in range(100):
+                s.run(true)
+            out["warm"] = _median_us(lambda: s.run(true), 400)
+        out["subprocess.run"] = _median_us(lambda: subprocess.run(true), 400)
+    elif mode == "pool":
+        times = []
+        with SandboxPool(2, rootfs) as p:
+            for _ in range(120):
+                p.wait_ready(30)
+                t = time.perf_counter()
+                with p.sandbox() as s:
+                    s.run(true)
+                times.append(time.perf_counter() - t)
+        out["pool checkout+run"] = statistics.median(times) * 1e6
+        with pysandbox.Sandbox(rootfs) as s:
+            for _ in range(100):
+                s.run(true)
+            out["warm (same rootfs)"] = _median_us(lambda: s.run(true), 300)
+    elif mode == "binds":
+        binds = [Bind(os.path.join(bind_dir, f"d{i}"), f"/mnt/b{i}") for i in range(100)]
+        for _ in range(5):
+            pysandbox.run(true, rootfs, mounts=binds)
+        out["cold, 0 binds"] = _median_us(lambda: pysandbox.run(true, rootfs), 100)
+        out["cold, 100 binds"] = _median_us(lambda: pysandbox.run(true, rootfs, mounts=binds), 100)
+        out["+100 binds"] = out["cold, 100 binds"] - out["cold, 0 binds"]
+    print(json.dumps(out))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("rev", help="the revision to compare this checkout against")
+    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--modes", default="cold,warm,pool,binds")
+    ap.add_argument("--child", nargs=3, metavar=("TREE", "MODE", "BIND_DIR"),
+                    help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        return child(*args.child)
+
+    work = tempfile.mkdtemp(prefix="pysandbox-ab.")
+    old = os.path.join(work, "old")
+    bind_dir = os.path.join(work, "binds")
+    try:
+        for i in range(100):
+            os.makedirs(os.path.join(bind_dir, f"d{i}"))
+        subprocess.run(["git", "-C", HERE, "worktree", "add", "-q", "--detach", old, args.rev],
+                       check=True)
+        for tree in (old, HERE):
+            subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"],
+                           cwd=tree, check=True, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+        for mode in args.modes.split(","):
+            res = collections.defaultdict(lambda: collections.defaultdict(list))
+            for _ in range(args.rounds):
+                for name, tree in (("old", old), ("new", HERE)):
+                    r = subprocess.run([sys.executable, os.path.abspath(__file__), args.rev,
+                                        "--child", tree, mode, bind_dir],
+                                       capture_output=True, text=True, check=True)
+                    for k, v in json.loads(r.stdout).items():
+                        res[k][name].append(v)
+            for k, d in res.items():
+                o, n = statistics.median(d["old"]), statistics.median(d["new"])
+                print(f"{mode:5s} {k:22s} old {o:9.1f} us   new {n:9.1f} us   "
+                      f"new/old {n / o:.3f}" if o else f"{mode:5s} {k:22s} new {n:9.1f} us")
+    finally:
+        subprocess.run(["git", "-C", HERE, "worktree", "remove", "--force", old],
+                       stderr=subprocess.DEVNULL)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
