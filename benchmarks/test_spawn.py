@@ -185,23 +185,9 @@ def _anchor_test(benchmark, anchor_set, anchor_rootfs, name):
 
 
 @pytest.mark.benchmark(group=GROUP)
-def test_anchor_bwrap(benchmark, anchor_set, anchor_rootfs):
-    _anchor_test(benchmark, anchor_set, anchor_rootfs, "bwrap")
-
-
-@pytest.mark.benchmark(group=GROUP)
-def test_anchor_unshare(benchmark, anchor_set, anchor_rootfs):
-    _anchor_test(benchmark, anchor_set, anchor_rootfs, "unshare")
-
-
-@pytest.mark.benchmark(group=GROUP)
-def test_anchor_crun(benchmark, anchor_set, anchor_rootfs):
-    _anchor_test(benchmark, anchor_set, anchor_rootfs, "crun")
-
-
-@pytest.mark.benchmark(group=GROUP)
-def test_anchor_runc(benchmark, anchor_set, anchor_rootfs):
-    _anchor_test(benchmark, anchor_set, anchor_rootfs, "runc")
+@pytest.mark.parametrize("name", ["bwrap", "unshare", "crun", "runc"])
+def test_anchor(benchmark, anchor_set, anchor_rootfs, name):
+    _anchor_test(benchmark, anchor_set, anchor_rootfs, name)
 
 
 @pytest.mark.benchmark(group=GROUP)

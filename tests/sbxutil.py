@@ -123,6 +123,14 @@ def sh_ok(s, script, **kw):
     return r.stdout
 
 
+def gone_inside(sandbox, pid):
+    """True once pid (a pid inside) no longer exists in the sandbox (bounded
+    wait: a killed process may still be a zombie for a moment)."""
+    r = sandbox.run(["sh", "-c", f"for i in $(seq 250); do [ -d /proc/{pid} ] || exit 0; "
+                                 f"sleep 0.02; done; exit 1"], timeout=30)
+    return r.returncode == 0
+
+
 def wait_until(cond, timeout=5.0):
     """Poll cond() until it is true or timeout passes; return its last value."""
     deadline = time.monotonic() + timeout

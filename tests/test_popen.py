@@ -4,7 +4,7 @@ import signal
 import subprocess
 
 import pytest
-from sbxutil import open_fds
+from sbxutil import gone_inside as _gone, open_fds
 
 import pysandbox
 from pysandbox import DEVNULL, PIPE, STDOUT, Sandbox
@@ -21,14 +21,6 @@ def _finish(p):
     if p.returncode is None:
         p.kill()
         p.wait(timeout=30)
-
-
-def _gone(sandbox, pid):
-    """True once pid no longer exists in the sandbox (bounded wait: a killed
-    process may still be a zombie for a moment)."""
-    r = sandbox.run(sh(f"for i in $(seq 250); do [ -d /proc/{pid} ] || exit 0; "
-                       f"sleep 0.02; done; exit 1"), timeout=30)
-    return r.returncode == 0
 
 
 def test_popen_returns_sandbox_process_with_inside_pid(tiny):

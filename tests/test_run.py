@@ -9,7 +9,7 @@ import subprocess
 import threading
 
 import pytest
-from sbxutil import open_fds
+from sbxutil import gone_inside as _gone, open_fds
 
 import pysandbox
 from pysandbox import DEVNULL, PIPE, STDOUT, Sandbox
@@ -487,14 +487,6 @@ def test_timeout_zero_and_not_reached(tiny):
     assert r.timed_out is False
     with pytest.raises(subprocess.TimeoutExpired):
         tiny.run(["sleep", "100"], timeout=0)
-
-
-def _gone(sandbox, pid):
-    """True once pid no longer exists in the sandbox (bounded wait: a killed
-    process may still be a zombie for a moment)."""
-    r = sandbox.run(sh(f"for i in $(seq 250); do [ -d /proc/{pid} ] || exit 0; "
-                       f"sleep 0.02; done; exit 1"), timeout=30)
-    return r.returncode == 0
 
 
 def test_timeout_kills_whole_tree_but_not_other_runs(sb):
