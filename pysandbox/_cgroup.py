@@ -613,19 +613,27 @@ class _Group:
         processes are still leaving.  Returns the first directory that could
         not be removed (and its errno), or None."""
         while True:
-            failed = None
-            for h, d in self._dirs.items():
-                for p in _subdirs_bottom_up(d) + [d]:
-                    try:
-                        os.rmdir(p)
-                    except FileNotFoundError:
-                        pass
-                    except OSError as e:
-                        failed = failed or (p, e.errno)
+            failed = _rmdir_trees(self._dirs.values())
             if failed is None or time.monotonic() > deadline:
                 return failed
             self._kill(timeout=max(0.0, deadline - time.monotonic()))
             time.sleep(0.005)
+
+
+def _rmdir_trees(dirs):
+    """rmdir each directory's subtree bottom-up, then the directory (one
+    already gone is fine).  Returns the first (path, errno) that could not
+    be removed, or None when every one is gone."""
+    failed = None
+    for d in dirs:
+        for p in _subdirs_bottom_up(d) + [d]:
+            try:
+                os.rmdir(p)
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                failed = failed or (p, e.errno)
+    return failed
 
 
 def _open_procs(dirs):
@@ -682,14 +690,7 @@ class RunCgroup(_Group):
             spec, _ = self._stat_source(key)
             if spec is not None and spec.subtree:
                 retired[key] = self._stat(key) or 0
-        gone = True
-        for h, d in self._dirs.items():
-            for p in _subdirs_bottom_up(d) + [d]:
-                try:
-                    os.rmdir(p)
-                except OSError:
-                    pass
-            gone = gone and not os.path.exists(d)
+        gone = _rmdir_trees(self._dirs.values()) is None
         if gone:   # else still the sandbox's to kill and remove
             self._sandbox._forget(self, retired)
         return gone

@@ -128,6 +128,17 @@ def _refill(st):
             return
 
 
+def _raise_if_unusable(st):
+    """Under st.cond: raise if the pool is closed, or the refill failure
+    waiting for a caller (it is this caller's; the thread may try again)."""
+    if st.closed:
+        raise SandboxError("the pool is closed")
+    if st.error is not None:
+        exc, st.error = st.error, None
+        st.cond.notify_all()
+        raise exc
+
+
 def _close_quietly(s):
     try:
         s.close()
@@ -202,12 +213,7 @@ class SandboxPool:
         st = self._state
         with st.cond:
             while True:
-                if st.closed:
-                    raise SandboxError("the pool is closed")
-                if st.error is not None:
-                    exc, st.error = st.error, None
-                    st.cond.notify_all()          # the thread may try again
-                    raise exc
+                _raise_if_unusable(st)
                 if st.idle:
                     s = st.idle.popleft()
                     st.last_checkout = time.monotonic()
@@ -257,12 +263,7 @@ class SandboxPool:
         deadline = None if timeout is None else time.monotonic() + timeout
         with st.cond:
             while len(st.idle) < st.size or st.dead or st.busy:
-                if st.closed:
-                    raise SandboxError("the pool is closed")
-                if st.error is not None:
-                    exc, st.error = st.error, None
-                    st.cond.notify_all()
-                    raise exc
+                _raise_if_unusable(st)
                 if deadline is None:
                     left = None
                 else:
