@@ -87,14 +87,30 @@ static void collect_fds(struct msghdr *msg, int *fds, int max_fds, int *n_fds)
     }
 }
 
+/* Room for the fds of a run request (channel, stdio, cgroup.procs files). */
+union request_cbuf {
+    struct cmsghdr h;
+    char b[CMSG_SPACE(sizeof(int) * (4 + PS_MAX_CGROUP_FDS))];
+};
+
+/* A message header over one buffer, with a control buffer (NULL, 0: none). */
+static void set_msg(struct msghdr *msg, struct iovec *iov, void *buf, size_t len,
+                    void *ctl, size_t ctl_len)
+{
+    memset(msg, 0, sizeof *msg);
+    iov->iov_base = buf;
+    iov->iov_len = len;
+    msg->msg_iov = iov;
+    msg->msg_iovlen = 1;
+    msg->msg_control = ctl;
+    msg->msg_controllen = ctl_len;
+}
+
 /* Receive one SEQPACKET message of any size, with up to max_fds fds. */
 static ssize_t recv_message(int fd, char **buf_out, int *fds, int max_fds,
                             int *n_fds)
 {
-    union {
-        struct cmsghdr h;
-        char b[CMSG_SPACE(sizeof(int) * (4 + PS_MAX_CGROUP_FDS))];
-    } cbuf;
+    union request_cbuf cbuf;
     struct msghdr msg;
     struct iovec iov;
     char peek;
@@ -102,11 +118,7 @@ static ssize_t recv_message(int fd, char **buf_out, int *fds, int max_fds,
     char *buf;
 
     *n_fds = 0;
-    iov.iov_base = &peek;
-    iov.iov_len = 1;
-    memset(&msg, 0, sizeof msg);
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
+    set_msg(&msg, &iov, &peek, 1, NULL, 0);
     do {
         size = recvmsg(fd, &msg, MSG_PEEK | MSG_TRUNC);
     } while (size < 0 && errno == EINTR);
@@ -115,13 +127,7 @@ static ssize_t recv_message(int fd, char **buf_out, int *fds, int max_fds,
     buf = malloc((size_t)size + 1);
     if (!buf)
         return -1;
-    iov.iov_base = buf;
-    iov.iov_len = (size_t)size;
-    memset(&msg, 0, sizeof msg);
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = cbuf.b;
-    msg.msg_controllen = sizeof cbuf.b;
+    set_msg(&msg, &iov, buf, (size_t)size, cbuf.b, sizeof cbuf.b);
     do {
         n = recvmsg(fd, &msg, MSG_CMSG_CLOEXEC);
     } while (n < 0 && errno == EINTR);
@@ -679,33 +685,19 @@ struct netns_result {
 static pid_t netns_helper = -1;
 static int netns_sock[2] = { -1, -1 };
 
-/* A message of `len` bytes at `buf` with room for one passed fd. */
-struct one_fd_msg {
-    struct msghdr msg;
-    struct iovec iov;
-    union {
-        struct cmsghdr h;
-        char b[CMSG_SPACE(sizeof(int))];
-    } cbuf;
+/* Room for one passed fd. */
+union one_fd_cbuf {
+    struct cmsghdr h;
+    char b[CMSG_SPACE(sizeof(int))];
 };
-
-static struct msghdr *one_fd_msg(struct one_fd_msg *m, void *buf, size_t len)
-{
-    memset(m, 0, sizeof *m);
-    m->iov.iov_base = buf;
-    m->iov.iov_len = len;
-    m->msg.msg_iov = &m->iov;
-    m->msg.msg_iovlen = 1;
-    m->msg.msg_control = m->cbuf.b;
-    m->msg.msg_controllen = sizeof m->cbuf.b;
-    return &m->msg;
-}
 
 static void netns_helper_main(int out)
 {
     struct netns_result r = { 0, 0 };
     int s = -1, ns = -1;
-    struct one_fd_msg m;
+    union one_fd_cbuf cbuf;
+    struct iovec iov;
+    struct msghdr msg;
 
     if (unshare(CLONE_NEWNET) < 0)
         r.step = PS_STEP_NETNS;
@@ -716,18 +708,16 @@ static void netns_helper_main(int out)
         r.step = PS_STEP_NETNS;
     if (r.step)
         r.err = errno;
-    struct msghdr *msg = one_fd_msg(&m, &r, sizeof r);
+    memset(&cbuf, 0, sizeof cbuf);
+    set_msg(&msg, &iov, &r, sizeof r, ns >= 0 ? cbuf.b : NULL, ns >= 0 ? sizeof cbuf.b : 0);
     if (ns >= 0) {
-        struct cmsghdr *c = CMSG_FIRSTHDR(msg);
+        struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
         c->cmsg_level = SOL_SOCKET;
         c->cmsg_type = SCM_RIGHTS;
         c->cmsg_len = CMSG_LEN(sizeof(int));
         memcpy(CMSG_DATA(c), &ns, sizeof ns);
-    } else {
-        msg->msg_control = NULL;
-        msg->msg_controllen = 0;
     }
-    while (sendmsg(out, msg, MSG_NOSIGNAL) < 0 && errno == EINTR)
+    while (sendmsg(out, &msg, MSG_NOSIGNAL) < 0 && errno == EINTR)
         ;
     _exit(0);
 }
@@ -767,7 +757,9 @@ static int init_finish_netns(int *step)
 {
     struct netns_result r = { PS_STEP_NETNS, EIO };
     int fds[1], n_fds = 0;
-    struct one_fd_msg m;
+    union one_fd_cbuf cbuf;
+    struct iovec iov;
+    struct msghdr msg;
     ssize_t n;
 
     *step = PS_STEP_NETNS;
@@ -782,12 +774,12 @@ static int init_finish_netns(int *step)
     while (waitpid(netns_helper, NULL, __WALL) < 0 && errno == EINTR)
         ;
     netns_helper = -1;
-    struct msghdr *msg = one_fd_msg(&m, &r, sizeof r);
+    set_msg(&msg, &iov, &r, sizeof r, cbuf.b, sizeof cbuf.b);
     do
-        n = recvmsg(netns_sock[0], msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+        n = recvmsg(netns_sock[0], &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
     while (n < 0 && errno == EINTR);
     if (n > 0)
-        collect_fds(msg, fds, 1, &n_fds);
+        collect_fds(&msg, fds, 1, &n_fds);
     close(netns_sock[0]);
     netns_sock[0] = -1;
     if (n != (ssize_t)sizeof r || (r.step == 0 && n_fds != 1)) {
@@ -1349,20 +1341,13 @@ static void serve_run(struct run_request *r, int children, int sock, int events)
  * when there is none, -2 when it was too large, -3 at end of queue. */
 static ssize_t take_request(char *buf, size_t size, int *fds, int *n_fds)
 {
-    union {
-        struct cmsghdr h;
-        char b[CMSG_SPACE(sizeof(int) * (4 + PS_MAX_CGROUP_FDS))];
-    } cbuf;
-    struct iovec iov = { buf, size - 1 };
+    union request_cbuf cbuf;
+    struct iovec iov;
     struct msghdr msg;
     ssize_t n;
 
     *n_fds = 0;
-    memset(&msg, 0, sizeof msg);
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = cbuf.b;
-    msg.msg_controllen = sizeof cbuf.b;
+    set_msg(&msg, &iov, buf, size - 1, cbuf.b, sizeof cbuf.b);
     do {
         n = recvmsg(RUNQ_FD, &msg, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
     } while (n < 0 && errno == EINTR);
