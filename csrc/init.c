@@ -677,8 +677,8 @@ fail:;
  * period, milliseconds, and init opens an fd per bind source meanwhile).  It
  * sends its result with the namespace fd (SIOCGSKNS on the socket that
  * brought lo up; no /proc needed) over a socket pair, for init to setns()
- * into.  Started first thing in main(), when the parent asked for it
- * (argv[1] "netns"). */
+ * into.  Started as soon as the plan is read, when it asks for a network
+ * namespace (PS_PLAN_NETNS). */
 struct netns_result {
     int32_t step, err;
 };
@@ -1790,7 +1790,7 @@ static void reset_ignored_signals(void)
             signal(s, SIG_DFL);
 }
 
-int main(int argc, char **argv)
+int main(void)
 {
     struct plan pl;
     char *buf = NULL;
@@ -1808,19 +1808,19 @@ int main(int argc, char **argv)
     prctl(PR_SET_DUMPABLE, 0);
     umask(0); /* modes in the plan are exact; commands get 022 */
     prctl(PR_SET_NAME, "pysandbox-init");
-    if (argc > 1 && strcmp(argv[1], "netns") == 0)
-        init_start_netns_helper(); /* works while the mounts are built */
 
+    /* (the plan is usually waiting already: the parent queues it before
+     * the clone) */
     n = recv_message(CTRL_FD, &buf, fds, 1, &n_fds);
     if (n <= 0)
         _exit(0);
     memset(&pl, 0, sizeof pl);
-    if (parse_plan(buf, (size_t)n, &pl) < 0 ||
-        (netns_helper >= 0 && !(pl.flags & PS_PLAN_NETNS))) {
-        /* (a helper made a namespace the plan does not want) */
+    if (parse_plan(buf, (size_t)n, &pl) < 0) {
         send_simple(CTRL_FD, PS_REC_SETUP_FAILED, PS_STEP_READ_PLAN, EINVAL, -1, 0);
         _exit(1);
     }
+    if (pl.flags & PS_PLAN_NETNS)
+        init_start_netns_helper(); /* works while the mounts are built */
     if (build_container(&pl, &step, &index) < 0) {
         send_simple(CTRL_FD, PS_REC_SETUP_FAILED, step, errno, index, 0);
         _exit(1);

@@ -76,7 +76,7 @@ struct ps_record {
 
 enum ps_plan_flags {
     PS_PLAN_NETNS = 1,      /* own network namespace with lo up, made by init
-                             * (a helper started when argv[1] is "netns") */
+                             * (by a helper, alongside the mounts) */
     PS_PLAN_TIME_NS = 2,    /* commands get a new time namespace */
     PS_PLAN_CAPS = 4,       /* supervisors drop the bounding set to cap_bound */
     PS_PLAN_FILTER_IN_INIT = 8, /* init installs the filter once, after setup:

@@ -116,8 +116,8 @@ def null_fd():
 
 cdef unsigned long _ns_flags():
     # no CLONE_NEWNET: network="none" has init make the network namespace in
-    # a helper process, alongside the mounts (argv[1] "netns"); it is owned
-    # by the sandbox's user namespace all the same
+    # a helper process, alongside the mounts (PLAN_NETNS); it is owned by the
+    # sandbox's user namespace all the same
     return (CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWUTS
             | CLONE_NEWIPC | CLONE_NEWCGROUP)
 
@@ -200,7 +200,7 @@ cdef class Sandbox:
         cdef pid_t pid = 0
         cdef int pidfd = -1, rc
         cdef bytes uid_map, gid_map
-        cdef char *argv[3]
+        cdef char *argv[2]
         cdef char *envp[1]
         cdef int cg_fds[8]
         cdef int n_cg = 0
@@ -215,9 +215,6 @@ cdef class Sandbox:
         try:
             argv[0] = b"pysandbox-init"
             argv[1] = NULL
-            argv[2] = NULL
-            if self.config.network == "none":
-                argv[1] = b"netns"
             envp[0] = NULL
             a.init_fd = sealed_init_fd()
             a.argv = argv
