@@ -669,21 +669,19 @@ fail:;
     return -1;
 }
 
-/* The network namespace is made by a helper while init builds the mounts:
- * creating one is the costliest single step of a sandbox (~0.5 ms of kernel
- * time, mostly lo's sysctl tables), and it needs nothing from the mounts.
- * The helper is a plain fork (own memory, own copy of the fd table: a table
- * shared with a live process makes every growth of it wait for an RCU grace
- * period, milliseconds, and init opens an fd per bind source meanwhile).  It
- * sends its result with the namespace fd (SIOCGSKNS on the socket that
- * brought lo up; no /proc needed) over a socket pair, for init to setns()
- * into.  Started as soon as the plan is read, when it asks for a network
- * namespace (PS_PLAN_NETNS). */
+/* The network namespace is made by the first supervisor, forked as soon as
+ * the plan is read (see init_start_early_supervisor): creating one is the
+ * costliest single step of a sandbox (~0.5 ms of kernel time, mostly lo's
+ * sysctl tables), and it needs nothing from the mounts.  The supervisor is a
+ * plain fork (own memory, own copy of the fd table: a table shared with a
+ * live process makes every growth of it wait for an RCU grace period,
+ * milliseconds, and init opens an fd per bind source meanwhile).  It sends
+ * its result with the namespace fd (SIOCGSKNS on the socket that brought lo
+ * up; no /proc needed) as the first message on its socket pair with init,
+ * for init to setns() into. */
 struct netns_result {
     int32_t step, err;
 };
-static pid_t netns_helper = -1;
-static int netns_sock[2] = { -1, -1 };
 
 /* Room for one passed fd. */
 union one_fd_cbuf {
@@ -691,7 +689,9 @@ union one_fd_cbuf {
     char b[CMSG_SPACE(sizeof(int))];
 };
 
-static void netns_helper_main(int out)
+/* In the early supervisor: make the namespace, tell init.  Returns only on
+ * success. */
+static void early_make_netns(int sock)
 {
     struct netns_result r = { 0, 0 };
     int s = -1, ns = -1;
@@ -717,42 +717,18 @@ static void netns_helper_main(int out)
         c->cmsg_len = CMSG_LEN(sizeof(int));
         memcpy(CMSG_DATA(c), &ns, sizeof ns);
     }
-    while (sendmsg(out, &msg, MSG_NOSIGNAL) < 0 && errno == EINTR)
+    while (sendmsg(sock, &msg, MSG_NOSIGNAL) < 0 && errno == EINTR)
         ;
-    _exit(0);
+    if (r.step)
+        _exit(0);
+    close(ns);
+    close(s);
 }
 
-static void init_start_netns_helper(void)
-{
-    cpu_set_t cpus;
-    /* only worth it with a second CPU to run on; else made in line by
-     * init_finish_netns() */
-    if (sched_getaffinity(0, sizeof cpus, &cpus) < 0 || CPU_COUNT(&cpus) < 2)
-        return;
-    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, netns_sock) < 0)
-        return;
-    /* fork semantics (no new stack), no exit signal */
-    long pid = syscall(SYS_clone, 0UL, NULL, NULL, NULL, 0UL);
-    if (pid == 0)
-        netns_helper_main(netns_sock[1]);
-    close(netns_sock[1]);
-    netns_sock[1] = -1;
-    if (pid < 0) {
-        close(netns_sock[0]);
-        netns_sock[0] = -1;
-        return;
-    }
-    netns_helper = (pid_t)pid;
-    /* off this CPU: left to the scheduler, it often queues behind init */
-    int cpu = sched_getcpu();
-    if (cpu >= 0 && cpu < CPU_SETSIZE && CPU_ISSET(cpu, &cpus)) {
-        CPU_CLR(cpu, &cpus);
-        sched_setaffinity(netns_helper, sizeof cpus, &cpus);
-    }
-}
+static int early_sup_sock = -1;   /* init's end, until the go */
 
-/* Join the helper's namespace (or make one here if there is no helper).
- * Returns 0, or -1 with errno and *step. */
+/* Join the early supervisor's namespace (or make one here if there is no
+ * early supervisor).  Returns 0, or -1 with errno and *step. */
 static int init_finish_netns(int *step)
 {
     struct netns_result r = { PS_STEP_NETNS, EIO };
@@ -763,25 +739,20 @@ static int init_finish_netns(int *step)
     ssize_t n;
 
     *step = PS_STEP_NETNS;
-    if (netns_helper < 0) {
+    if (early_sup_sock < 0) {
         if (unshare(CLONE_NEWNET) < 0)
             return -1;
         *step = PS_STEP_LOOPBACK;
         return loopback_up();
     }
-    /* reaped first: the helper sends its result, then exits; one that died
-     * before sending leaves nothing to read (and its end is closed) */
-    while (waitpid(netns_helper, NULL, __WALL) < 0 && errno == EINTR)
-        ;
-    netns_helper = -1;
+    /* its first message; one that died before sending closed its end, the
+     * only other copy (init closed its own after the fork): EOF */
     set_msg(&msg, &iov, &r, sizeof r, cbuf.b, sizeof cbuf.b);
     do
-        n = recvmsg(netns_sock[0], &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+        n = recvmsg(early_sup_sock, &msg, MSG_CMSG_CLOEXEC);
     while (n < 0 && errno == EINTR);
     if (n > 0)
         collect_fds(&msg, fds, 1, &n_fds);
-    close(netns_sock[0]);
-    netns_sock[0] = -1;
     if (n != (ssize_t)sizeof r || (r.step == 0 && n_fds != 1)) {
         if (n_fds == 1)
             close(fds[0]);
@@ -870,12 +841,6 @@ static int build_container(struct plan *pl, int *step, int *index)
         return -1;
     if (chdir("/") < 0)
         return -1;
-
-    if (pl->flags & PS_PLAN_TIME_NS) {
-        *step = PS_STEP_TIME_NS;
-        if (unshare(CLONE_NEWTIME) < 0 && errno != EINVAL)
-            return -1;
-    }
     return 0;
 }
 
@@ -1214,7 +1179,7 @@ static int parse_request(char *buf, size_t size, struct run_request *r)
  */
 
 enum { SUP_TOOK = 1, SUP_IDLE = 2 };              /* supervisor -> init */
-enum { SUP_SIGNAL = 1, SUP_RETIRE = 2 };          /* init -> supervisor */
+enum { SUP_SIGNAL = 1, SUP_RETIRE = 2, SUP_GO = 3 }; /* init -> supervisor */
 #define SIGREQ_TREE 0xffffffffu                   /* "what": kill the tree */
 #define MAX_IDLE_SUPS 2
 #define MAX_POLLED_SUPS 1024
@@ -1408,12 +1373,17 @@ static void wait_for_request(int ep, int sock, short *queue_ev, short *sock_ev)
     }
 }
 
-static void supervisor_main(int sock)
+/* A supervisor's own set-up, before it serves: nothing here depends on the
+ * finished container (the early supervisor does it while init builds). */
+struct sup_setup {
+    int events;      /* signalfd for SIGCHLD */
+    int cap_err;     /* the bounding set could not be dropped */
+    char *buf;       /* one request */
+};
+
+static void supervisor_prepare(struct sup_setup *su)
 {
     sigset_t set;
-    int children, cap_err, events;
-    char path[64];
-    char *buf;
 
     close(CTRL_FD);
     if (sig_fd >= 0)
@@ -1423,15 +1393,13 @@ static void supervisor_main(int sock)
     if (getppid() != 1)
         _exit(0); /* init died before the prctl */
     prctl(PR_SET_CHILD_SUBREAPER, 1);
-    cap_err = drop_bounding_set() < 0 ? errno : 0;
+    su->cap_err = drop_bounding_set() < 0 ? errno : 0;
     sigemptyset(&set);
     sigaddset(&set, SIGCHLD);
     sigprocmask(SIG_BLOCK, &set, NULL);
-    events = signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
-    snprintf(path, sizeof path, "/proc/self/task/%d/children", (int)getpid());
-    children = open(path, O_RDONLY | O_CLOEXEC);
-    buf = malloc(PS_MAX_REQUEST + 1);
-    if (events < 0 || !buf)
+    su->events = signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
+    su->buf = malloc(PS_MAX_REQUEST + 1);
+    if (su->events < 0 || !su->buf)
         _exit(0);
     {
         /* take the copy-on-write faults of the stack (the vfork child runs
@@ -1439,8 +1407,70 @@ static void supervisor_main(int sock)
         volatile char stack[64 * 1024];
         for (size_t i = 0; i < sizeof stack; i += 4096)
             stack[i] = 0;
-        memset(buf, 0, 8192);
+        memset(su->buf, 0, 8192);
     }
+}
+
+/* The list of this supervisor's children (kill_tree reads it), opened in
+ * the finished container, before any command runs: a command that could
+ * remount /proc cannot hide its processes from it. */
+static int open_children_list(void)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/proc/self/task/%d/children", (int)getpid());
+    return open(path, O_RDONLY | O_CLOEXEC);
+}
+
+static void supervisor_serve(int sock, struct sup_setup *su, int children);
+
+static void supervisor_main(int sock)
+{
+    struct sup_setup su;
+    supervisor_prepare(&su);
+    supervisor_serve(sock, &su, open_children_list());
+}
+
+/* The first supervisor, forked when the plan is read: it makes the network
+ * namespace (when the plan asks for one) and its own set-up on another CPU
+ * while init builds the mounts, then waits for init's go: by then the root
+ * it shares with init has been pivoted (pivot_root moves every process of
+ * the mount namespace that was at the old root; the working directory it
+ * changes here).  What init gains after the
+ * fork it gets here: the CPUs init was allowed (it was pinned off init's)
+ * and the seccomp filter (a filter is inherited only at fork).  A failure
+ * here ends it; init forks a supervisor from itself when a run waits. */
+static void early_supervisor_main(int sock, const cpu_set_t *cpus)
+{
+    struct sup_setup su;
+    struct sup_msg m;
+    ssize_t n;
+
+    if (plan_flags & PS_PLAN_NETNS)
+        early_make_netns(sock);
+    supervisor_prepare(&su);
+    do
+        n = recv(sock, &m, sizeof m, 0);
+    while ((n < 0 && errno == EINTR) || (n == (ssize_t)sizeof m && m.kind != SUP_GO));
+    if (n != (ssize_t)sizeof m)
+        _exit(0); /* init is gone: setup failed */
+    /* the pivot moved the root, not the working directory: that was
+     * Python's, on the host, and it would keep the old tree alive */
+    if (chdir("/") < 0)
+        _exit(0);
+    if (sched_setaffinity(0, sizeof *cpus, cpus) < 0)
+        _exit(0);
+    if ((plan_flags & PS_PLAN_FILTER_IN_INIT) && plan_filter.len) {
+        if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &plan_filter) < 0)
+            _exit(0);
+        plan_filter.len = 0;
+    }
+    supervisor_serve(sock, &su, open_children_list());
+}
+
+static void supervisor_serve(int sock, struct sup_setup *su, int children)
+{
+    char *buf = su->buf;
+    int events = su->events, cap_err = su->cap_err;
 
     int ep = make_idle_wait(sock);
     for (;;) {
@@ -1514,7 +1544,9 @@ static int sup_count;
 static uint32_t pending_kills[MAX_PENDING_KILLS];
 static unsigned n_pending_kills;
 
-static int make_supervisor(void)
+/* Fork a supervisor; `early`: the first one, forked before the build, with
+ * the CPUs to give it back at the go (see early_supervisor_main). */
+static int make_supervisor_as(const cpu_set_t *early)
 {
     int sv[2];
     pid_t p;
@@ -1530,6 +1562,8 @@ static int make_supervisor(void)
         close(sv[0]);
         for (struct sup *o = sups; o; o = o->next)
             close(o->sock);
+        if (early)
+            early_supervisor_main(sv[1], early);
         supervisor_main(sv[1]);
     }
     close(sv[1]);
@@ -1549,6 +1583,43 @@ static int make_supervisor(void)
     n_idle_sups++;
     sup_count++;
     return 0;
+}
+
+static int make_supervisor(void)
+{
+    return make_supervisor_as(NULL);
+}
+
+/* The first supervisor, at once (see early_supervisor_main); only worth it
+ * with a second CPU to run on, else it is forked after READY and the
+ * network namespace is made in line by init_finish_netns(). */
+static void init_start_early_supervisor(void)
+{
+    static cpu_set_t cpus;
+    cpu_set_t others;
+    if (sched_getaffinity(0, sizeof cpus, &cpus) < 0 || CPU_COUNT(&cpus) < 2)
+        return;
+    if (make_supervisor_as(&cpus) < 0)
+        return;
+    early_sup_sock = sups->sock;
+    /* off this CPU: left to the scheduler, it often queues behind init */
+    int cpu = sched_getcpu();
+    others = cpus;
+    if (cpu >= 0 && cpu < CPU_SETSIZE && CPU_ISSET(cpu, &others)) {
+        CPU_CLR(cpu, &others);
+        sched_setaffinity(sups->pid, sizeof others, &others);
+    }
+}
+
+/* The build is done (root pivoted, network joined, filter on): the early
+ * supervisor may serve. */
+static void init_release_early_supervisor(void)
+{
+    if (early_sup_sock < 0)
+        return;
+    struct sup_msg m = { SUP_GO, 0, 0, 0 };
+    send(early_sup_sock, &m, sizeof m, MSG_NOSIGNAL); /* (gone: reaped later) */
+    early_sup_sock = -1;
 }
 
 static struct sup *find_sup(pid_t pid)
@@ -1819,15 +1890,20 @@ int main(void)
         send_simple(CTRL_FD, PS_REC_SETUP_FAILED, PS_STEP_READ_PLAN, EINVAL, -1, 0);
         _exit(1);
     }
-    if (pl.flags & PS_PLAN_NETNS)
-        init_start_netns_helper(); /* works while the mounts are built */
+    /* what every supervisor and command needs, before the first fork */
+    plan_flags = pl.flags;
+    plan_cap_bound = pl.cap_bound;
+    plan_filter = pl.filter;
+    /* a new time namespace is for init's children: made before any */
+    if ((pl.flags & PS_PLAN_TIME_NS) && unshare(CLONE_NEWTIME) < 0 && errno != EINVAL) {
+        send_simple(CTRL_FD, PS_REC_SETUP_FAILED, PS_STEP_TIME_NS, errno, -1, 0);
+        _exit(1);
+    }
+    init_start_early_supervisor(); /* works while the mounts are built */
     if (build_container(&pl, &step, &index) < 0) {
         send_simple(CTRL_FD, PS_REC_SETUP_FAILED, step, errno, index, 0);
         _exit(1);
     }
-    plan_flags = pl.flags;
-    plan_cap_bound = pl.cap_bound;
-    plan_filter = pl.filter;
     for (uint32_t i = 0; i < pl.n_ops; i++)
         if (pl.ops[i].src_fd >= 0)
             close(pl.ops[i].src_fd);
@@ -1852,8 +1928,13 @@ int main(void)
         send_simple(CTRL_FD, PS_REC_SETUP_FAILED, PS_STEP_SIGNALS, errno, -1, 0);
         _exit(1);
     }
-    send_simple(CTRL_FD, PS_REC_READY, 0, 0, -1, getpid());
-    make_supervisor(); /* the first, while the parent reads READY */
+    if (sup_count > 0) {
+        init_release_early_supervisor();
+        send_simple(CTRL_FD, PS_REC_READY, 0, 0, -1, getpid());
+    } else {
+        send_simple(CTRL_FD, PS_REC_READY, 0, 0, -1, getpid());
+        make_supervisor(); /* the first, while the parent reads READY */
+    }
 
     for (;;) {
         /* supervisors are forked on demand: when a run request waits and

@@ -115,9 +115,9 @@ def null_fd():
 
 
 cdef unsigned long _ns_flags():
-    # no CLONE_NEWNET: network="none" has init make the network namespace in
-    # a helper process, alongside the mounts (PLAN_NETNS); it is owned by the
-    # sandbox's user namespace all the same
+    # no CLONE_NEWNET: with network="none" init's first supervisor makes the
+    # network namespace while init builds the mounts (PLAN_NETNS); it is owned
+    # by the sandbox's user namespace all the same
     return (CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWUTS
             | CLONE_NEWIPC | CLONE_NEWCGROUP)
 

@@ -205,9 +205,10 @@ PROCS_AND_FDS = "echo $$; cat /proc/[0-9]*/comm; echo fds $(ls /proc/1/fd | wc -
 
 
 def test_network_namespace_helper_leaves_nothing(rootfs):
-    # network="none": init makes the namespace in a helper process while it
-    # builds the mounts; neither the helper nor its fds may outlive setup
-    # (first run of a fresh sandbox: init, one supervisor, this shell)
+    # network="none": the first supervisor makes the namespace while init
+    # builds the mounts; nothing of that may outlive setup (first run of a
+    # fresh sandbox: init, the supervisor, this shell -- the same with
+    # network="host")
     out = {}
     for net in ("none", "host"):
         with Sandbox(rootfs, network=net) as s:
@@ -215,11 +216,70 @@ def test_network_namespace_helper_leaves_nothing(rootfs):
         assert r.returncode == 0, r.stderr
         pid, rest = r.stdout.split("\n", 1)
         out[net] = rest.split()
-        if net == "none" and len(os.sched_getaffinity(0)) > 1:
-            # pid 2 was the helper: supervisor 3, this shell 4
-            assert pid == "4", pid
+        assert pid == "3", pid         # no other process was ever made
     assert out["none"][:3] == ["pysandbox-init", "pysandbox-run", "sh"], out["none"]
     assert out["none"] == out["host"]
+
+
+# what a command inherits from the supervisor that started it
+SUPERVISOR_VIEW = ("echo ppid $PPID; for n in net time mnt pid uts ipc cgroup user; do "
+                   "readlink /proc/self/ns/$n; done; grep -E '^(Cpus_allowed_list|Seccomp|"
+                   "Seccomp_filters|CapBnd|CapPrm|CapEff|NoNewPrivs|Uid|Gid):' /proc/self/status;"
+                   " readlink /proc/self/root; pwd")
+
+
+@pytest.mark.parametrize("network", ["none", "host"])
+def test_first_supervisor_is_set_up_like_the_others(rootfs, network):
+    # the first supervisor is forked before the container is built (it works
+    # alongside init); the ones forked later come from the finished init.  A
+    # command must not tell them apart: same namespaces, CPUs, filter,
+    # capabilities, root.
+    with Sandbox(rootfs, network=network) as s:
+        first = sh(s, SUPERVISOR_VIEW)
+        busy = s.popen(["sleep", "30"])         # keeps that supervisor busy
+        try:
+            later = sh(s, SUPERVISOR_VIEW)
+        finally:
+            busy.kill()
+            busy.wait(timeout=10)
+    assert first.returncode == 0 and later.returncode == 0, (first.stderr, later.stderr)
+    f_ppid, f_rest = first.stdout.split("\n", 1)
+    l_ppid, l_rest = later.stdout.split("\n", 1)
+    assert f_ppid != l_ppid, (f_ppid, l_ppid)   # two different supervisors
+    if len(os.sched_getaffinity(0)) > 1:
+        assert f_ppid == "ppid 2", f_ppid         # the early one (pid 2)
+    assert f_rest == l_rest
+    fields = dict(line.split(":", 1) for line in f_rest.splitlines() if ":" in line
+                  and not line.startswith(("net:", "time:", "mnt:", "pid:", "uts:", "ipc:",
+                                           "cgroup:", "user:")))
+    cpus = sorted(os.sched_getaffinity(0))
+    want = ",".join(str(c) for c in cpus)
+    got = fields["Cpus_allowed_list"].strip()
+    if "-" in got:
+        lo, hi = got.split("-")
+        got = ",".join(str(c) for c in range(int(lo), int(hi) + 1))
+    assert got == want                              # not left pinned off init's CPU
+    assert fields["Seccomp"].strip() == "2"         # filtered
+    assert fields["NoNewPrivs"].strip() == "1"
+    assert f_rest.endswith("\n/\n/\n")         # root and cwd pivoted
+    host_net = os.readlink("/proc/self/ns/net")
+    net_link = f_rest.splitlines()[0]
+    assert (net_link == host_net) == (network == "host"), (net_link, host_net)
+
+
+def test_first_supervisor_kills_the_whole_tree():
+    # the early supervisor lists its children in the sandbox's /proc (opened
+    # after the pivot, not in the host's): a timeout in the first run kills
+    # a setsid'd orphan too
+    script = ("setsid sh -c 'sleep 1000 & echo $! > /tmp/orphan' & "
+              "while [ ! -s /tmp/orphan ]; do sleep 0.01; done; echo $PPID; exec sleep 1000")
+    with Sandbox() as s:
+        with pytest.raises(pysandbox.TimeoutExpired) as ei:
+            s.run(["sh", "-c", script], capture_output=True, text=True, timeout=2)
+        if len(os.sched_getaffinity(0)) > 1:
+            assert ei.value.stdout.split() == ["2"], ei.value.stdout
+        left = sh(s, "ps -e -o comm=").stdout.split()
+    assert "sleep" not in left, left
 
 
 INLINE_NETNS = """
@@ -240,7 +300,7 @@ def test_network_none_on_one_cpu(rootfs):
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     host_net, shell_pid, inside_net, rest = r.stdout.split("\n", 3)
-    assert shell_pid == "3"   # no helper took pid 2: supervisor 2, this shell 3
+    assert shell_pid == "3"   # supervisor 2 (forked after setup here), this shell 3
     assert inside_net.startswith("net:[") and inside_net != host_net
     assert net_interfaces(rest.split("Name:", 1)[0]) == {"lo"}
     allowed = [l for l in rest.splitlines() if l.startswith("Cpus_allowed_list:")]
