@@ -10,6 +10,7 @@ import pytest
 
 import pysandbox
 from pysandbox import Sandbox
+from pysandbox._caps import DEFAULT_CAPABILITIES
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -265,6 +266,29 @@ def test_first_supervisor_is_set_up_like_the_others(rootfs, network):
     host_net = os.readlink("/proc/self/ns/net")
     net_link = f_rest.splitlines()[0]
     assert (net_link == host_net) == (network == "host"), (net_link, host_net)
+
+
+def test_supervisors_work_inside_the_root():
+    # every supervisor's root and working directory are the sandbox's "/":
+    # the first one was forked while init still had Python's working
+    # directory, on the host (the pivot moves roots, not working
+    # directories), and must have left it.  Looking at another process's
+    # cwd takes SYS_PTRACE here (the supervisors are not dumpable).
+    caps = list(DEFAULT_CAPABILITIES) + ["SYS_PTRACE"]
+    look = 'stat -L -c %d:%i / /proc/$PPID/root /proc/$PPID/cwd /proc/1/cwd; echo $PPID'
+    with Sandbox(capabilities=caps) as s:
+        first = sh(s, look)
+        busy = s.popen(["sleep", "30"])
+        try:
+            later = sh(s, look)
+        finally:
+            busy.kill()
+            busy.wait(timeout=10)
+    for r in (first, later):
+        assert r.returncode == 0, r.stderr
+        *ids, ppid = r.stdout.split()
+        assert len(set(ids)) == 1, r.stdout
+    assert first.stdout.split()[-1] != later.stdout.split()[-1]
 
 
 def test_first_supervisor_kills_the_whole_tree():
