@@ -1435,10 +1435,10 @@ static void supervisor_main(int sock)
  * while init builds the mounts, then waits for init's go: by then the root
  * it shares with init has been pivoted (pivot_root moves every process of
  * the mount namespace that was at the old root; the working directory it
- * changes here).  What init gains after the
- * fork it gets here: the CPUs init was allowed (it was pinned off init's)
- * and the seccomp filter (a filter is inherited only at fork).  A failure
- * here ends it; init forks a supervisor from itself when a run waits. */
+ * changes here).  What init gains after the fork it gets here: the seccomp
+ * filter (inherited only at fork; installed before the go) and the CPUs
+ * init was allowed (it was pinned off init's).  A failure here ends it; init
+ * forks a supervisor from itself when a run waits. */
 static void early_supervisor_main(int sock, const cpu_set_t *cpus)
 {
     struct sup_setup su;
@@ -1448,6 +1448,13 @@ static void early_supervisor_main(int sock, const cpu_set_t *cpus)
     if (plan_flags & PS_PLAN_NETNS)
         early_make_netns(sock);
     supervisor_prepare(&su);
+    /* the filter now, off init's path: the default one (the only one
+     * installed in init) allows everything below */
+    if ((plan_flags & PS_PLAN_FILTER_IN_INIT) && plan_filter.len) {
+        if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &plan_filter) < 0)
+            _exit(0);
+        plan_filter.len = 0;
+    }
     do
         n = recv(sock, &m, sizeof m, 0);
     while ((n < 0 && errno == EINTR) || (n == (ssize_t)sizeof m && m.kind != SUP_GO));
@@ -1459,11 +1466,6 @@ static void early_supervisor_main(int sock, const cpu_set_t *cpus)
         _exit(0);
     if (sched_setaffinity(0, sizeof *cpus, cpus) < 0)
         _exit(0);
-    if ((plan_flags & PS_PLAN_FILTER_IN_INIT) && plan_filter.len) {
-        if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &plan_filter) < 0)
-            _exit(0);
-        plan_filter.len = 0;
-    }
     supervisor_serve(sock, &su, open_children_list());
 }
 

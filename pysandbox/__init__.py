@@ -20,5 +20,7 @@ _SANDBOX_KWARGS = ("mounts", "read_only", "hostname", "network", "env", "cwd",
 def run(args, rootfs=None, **kwargs):
     """One-shot: build a sandbox, run one command in it, remove it."""
     sb_kwargs = {k: kwargs.pop(k) for k in _SANDBOX_KWARGS if k in kwargs}
-    with Sandbox(rootfs, **sb_kwargs) as s:
+    # the run request is queued while init builds the sandbox: its first
+    # supervisor takes it as soon as the build is done
+    with Sandbox._unready(rootfs, sb_kwargs) as s:
         return s.run(args, **kwargs)

@@ -156,12 +156,25 @@ cdef class Sandbox:
     cdef public int _run_flags
     cdef public object _cgroup
     cdef object _owner
+    cdef public bint _ready_pending  # built by _unready(): READY not read yet
 
     def __cinit__(self):
         self._pid = 0
         self._pidfd = -1
 
     def __init__(self, rootfs=None, **kwargs):
+        self._setup(rootfs, kwargs, True)
+
+    @staticmethod
+    def _unready(rootfs, kwargs):
+        """A sandbox whose init is still building it: the first request can
+        be queued at once, and the READY record is read by that request
+        (_wait_ready).  For pysandbox.run(), which makes exactly one."""
+        s = Sandbox.__new__(Sandbox)
+        s._setup(rootfs, kwargs, False)
+        return s
+
+    def _setup(self, rootfs, kwargs, bint wait_ready):
         cfg = SandboxConfig.from_kwargs(rootfs, **kwargs)
         self.config = cfg
         self._ids = _plan.resolve_user(cfg.user, cfg.rootfs)
@@ -187,14 +200,14 @@ cdef class Sandbox:
             self._cgroup = _cgroup.open_sandbox_cgroup(
                 memory=cfg.memory, pids=cfg.pids, cpus=cfg.cpus, parent=cfg.cgroup_parent)
         try:
-            self._open(plan)
+            self._open(plan, wait_ready)
         except BaseException:
             if self._cgroup is not None:
                 self._cgroup.remove()
                 self._cgroup = None
             raise
 
-    def _open(self, bytes plan):
+    def _open(self, bytes plan, bint wait_ready):
         cdef ps_spawn_args a
         cdef ps_error e
         cdef pid_t pid = 0
@@ -258,6 +271,21 @@ cdef class Sandbox:
         try:
             if not early:
                 parent.sendall(plan)
+        except BaseException:
+            self.close()
+            raise
+        if wait_ready:
+            self._wait_ready()
+        else:
+            self._ready_pending = True
+
+    def _wait_ready(self):
+        """Read init's READY (or its setup failure: raised, sandbox closed)."""
+        parent = self._ctrl
+        self._ready_pending = False
+        try:
+            if parent is None:
+                raise SandboxError("the sandbox is closed")
             data = parent.recv(_runner.RECORD.size)
             if len(data) != _runner.RECORD.size:
                 raise setup_error(0, 0, None, "the init exited before reporting")

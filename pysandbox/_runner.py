@@ -182,6 +182,11 @@ class SandboxProcess:
                 sandbox._send(req, fds)
             if self._cg is not None:
                 self._cg.close_fds()
+            if sandbox._ready_pending:
+                # pysandbox.run(): the request went ahead of init's READY
+                # (its set-up failure raises here); the run starts now
+                sandbox._wait_ready()
+                self._start = time.monotonic()
         except BaseException:
             if self._cg is not None:
                 self._cg.close_fds()

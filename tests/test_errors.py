@@ -370,10 +370,16 @@ def test_setup_error(tmp_path, rootfs, mount, step_words, path, err, unchanged, 
     assert tree_snapshot(rootfs) == snap
 
 
-def test_setup_error_one_shot_run(rootfs, unchanged, no_leaks):
+@pytest.mark.parametrize("io", [{}, {"capture_output": True}, {"input": b"x" * 100000},
+                                {"stdout": subprocess.PIPE, "timeout": 5}])
+def test_setup_error_one_shot_run(rootfs, io, unchanged, no_leaks):
+    # pysandbox.run() queues its request (with the run's pipes) while init
+    # is still building: a build that fails raises the setup error, not a
+    # run error, and the queued request takes nothing with it
     with pytest.raises(SetupError) as ei:
-        pysandbox.run(["true"], rootfs, mounts=[Tmpfs("/canary/x")])
+        pysandbox.run(["cat"], rootfs, mounts=[Tmpfs("/canary/x")], **io)
     assert ei.value.errno == errno.ENOTDIR
+    assert "/canary/x" in str(ei.value)
 
 
 def test_setup_error_on_default_root(unchanged, no_leaks):

@@ -289,6 +289,25 @@ def test_default_env_fresh_per_sandbox_even_if_host_changes(rootfs, monkeypatch)
     assert "PATH=" in r.stdout
 
 
+def test_one_shot_command_starts_in_the_finished_sandbox(tmp_path):
+    # pysandbox.run() queues its request before init has built the sandbox:
+    # the command must still start in the finished one (mounts, hostname,
+    # network namespace, filter), and wall_time counts the run, not the build
+    (tmp_path / "f").write_text("bound\n")
+    script = ("cat /work/f; hostname; tail -n +3 /proc/net/dev | cut -d: -f1; "
+              "grep -E '^(Seccomp|NoNewPrivs):' /proc/self/status; readlink /proc/self/ns/net")
+    t0 = time.monotonic()
+    r = pysandbox.run(["sh", "-c", script], mounts=[pysandbox.Bind(str(tmp_path), "/work")],
+                      hostname="oneshot", capture_output=True, text=True, timeout=20)
+    elapsed = time.monotonic() - t0
+    assert r.returncode == 0, r.stderr
+    lines = [l.strip() for l in r.stdout.splitlines()]
+    assert lines[:3] == ["bound", "oneshot", "lo"], lines
+    assert sorted(lines[3:5]) == ["NoNewPrivs:\t1", "Seccomp:\t2"], lines
+    assert lines[5].startswith("net:[") and lines[5] != os.readlink("/proc/self/ns/net")
+    assert 0 < r.wall_time < elapsed
+
+
 def test_run_env_replaces_default(tiny):
     r = tiny.run(["/bin/env"], env={"ONLY": "1"}, capture_output=True)
     assert r.stdout == b"ONLY=1\n"
