@@ -670,7 +670,7 @@ fail:;
 }
 
 /* The network namespace is made by the first supervisor, forked as soon as
- * the plan is read (see init_start_early_supervisor): creating one is the
+ * init starts (see init_start_early_supervisor): creating one is the
  * costliest single step of a sandbox (~0.5 ms of kernel time, mostly lo's
  * sysctl tables), and it needs nothing from the mounts.  The supervisor is a
  * plain fork (own memory, own copy of the fd table: a table shared with a
@@ -1430,23 +1430,58 @@ static void supervisor_main(int sock)
     supervisor_serve(sock, &su, open_children_list());
 }
 
-/* The first supervisor, forked when the plan is read: it makes the network
- * namespace (when the plan asks for one) and its own set-up on another CPU
- * while init builds the mounts, then waits for init's go: by then the root
- * it shares with init has been pivoted (pivot_root moves every process of
- * the mount namespace that was at the old root; the working directory it
- * changes here).  What init gains after the fork it gets here: the seccomp
- * filter (inherited only at fork; installed before the go) and the CPUs
- * init was allowed (it was pinned off init's).  A failure here ends it; init
- * forks a supervisor from itself when a run waits. */
-static void early_supervisor_main(int sock, const cpu_set_t *cpus)
+/* The first supervisor, forked as soon as init starts: it makes the network
+ * namespace (argv says whether the plan asks for one) and its own set-up on
+ * another CPU while init reads the plan and builds the mounts, then waits
+ * for init's go: by then the root it shares with init has been pivoted
+ * (pivot_root moves every process of the mount namespace that was at the
+ * old root; the working directory it changes here).  What a supervisor
+ * forked later inherits from init, it gets here: what it needs of the plan
+ * (init sends it once parsed), the seccomp filter (inherited only at fork;
+ * installed before the go) and the CPUs init was allowed (it ran off init's
+ * until the go).  A failure here ends it; init forks a supervisor from
+ * itself when a run waits. */
+struct early_sup {
+    cpu_set_t all;      /* init's CPUs */
+    cpu_set_t others;   /* without the one init was on (init pins it there) */
+    int netns;          /* make the network namespace */
+};
+
+/* init -> early supervisor, once the plan is parsed; the filter follows */
+struct sup_config {
+    uint32_t flags;
+    uint32_t filter_len;   /* instructions */
+    uint64_t cap_bound;
+};
+
+static void early_take_config(int sock)
+{
+    static union {
+        struct sup_config c;
+        char b[sizeof(struct sup_config) + BPF_MAXINSNS * sizeof(struct sock_filter)];
+    } in;
+    ssize_t n;
+    do
+        n = recv(sock, &in, sizeof in, 0);
+    while (n < 0 && errno == EINTR);
+    if (n < (ssize_t)sizeof in.c || in.c.filter_len > BPF_MAXINSNS ||
+        (size_t)n != sizeof in.c + in.c.filter_len * sizeof(struct sock_filter))
+        _exit(0); /* init is gone (setup failed) */
+    plan_flags = in.c.flags;
+    plan_cap_bound = in.c.cap_bound;
+    plan_filter.len = (unsigned short)in.c.filter_len;
+    plan_filter.filter = (struct sock_filter *)(in.b + sizeof in.c);
+}
+
+static void early_supervisor_main(int sock, const struct early_sup *e)
 {
     struct sup_setup su;
     struct sup_msg m;
     ssize_t n;
 
-    if (plan_flags & PS_PLAN_NETNS)
+    if (e->netns)
         early_make_netns(sock);
+    early_take_config(sock);
     supervisor_prepare(&su);
     /* the filter now, off init's path: the default one (the only one
      * installed in init) allows everything below */
@@ -1464,7 +1499,7 @@ static void early_supervisor_main(int sock, const cpu_set_t *cpus)
      * Python's, on the host, and it would keep the old tree alive */
     if (chdir("/") < 0)
         _exit(0);
-    if (sched_setaffinity(0, sizeof *cpus, cpus) < 0)
+    if (sched_setaffinity(0, sizeof e->all, &e->all) < 0)
         _exit(0);
     supervisor_serve(sock, &su, open_children_list());
 }
@@ -1546,9 +1581,9 @@ static int sup_count;
 static uint32_t pending_kills[MAX_PENDING_KILLS];
 static unsigned n_pending_kills;
 
-/* Fork a supervisor; `early`: the first one, forked before the build, with
- * the CPUs to give it back at the go (see early_supervisor_main). */
-static int make_supervisor_as(const cpu_set_t *early)
+/* Fork a supervisor; `early`: the first one, forked before the plan is read
+ * (see early_supervisor_main). */
+static int make_supervisor_as(const struct early_sup *early)
 {
     int sv[2];
     pid_t p;
@@ -1595,26 +1630,47 @@ static int make_supervisor(void)
 /* The first supervisor, at once (see early_supervisor_main); only worth it
  * with a second CPU to run on, else it is forked after READY and the
  * network namespace is made in line by init_finish_netns(). */
-static void init_start_early_supervisor(void)
+static void init_start_early_supervisor(int netns)
 {
-    static cpu_set_t cpus;
-    cpu_set_t others;
-    if (sched_getaffinity(0, sizeof cpus, &cpus) < 0 || CPU_COUNT(&cpus) < 2)
+    static struct early_sup e;
+    if (sched_getaffinity(0, sizeof e.all, &e.all) < 0 || CPU_COUNT(&e.all) < 2)
         return;
-    if (make_supervisor_as(&cpus) < 0)
+    int cpu = sched_getcpu();
+    e.others = e.all;
+    if (cpu >= 0 && cpu < CPU_SETSIZE)
+        CPU_CLR(cpu, &e.others);
+    if (CPU_COUNT(&e.others) == 0)
+        e.others = e.all;
+    e.netns = netns;
+    if (make_supervisor_as(&e) < 0)
         return;
     early_sup_sock = sups->sock;
-    /* off this CPU: left to the scheduler, it often queues behind init */
-    int cpu = sched_getcpu();
-    others = cpus;
-    if (cpu >= 0 && cpu < CPU_SETSIZE && CPU_ISSET(cpu, &others)) {
-        CPU_CLR(cpu, &others);
-        sched_setaffinity(sups->pid, sizeof others, &others);
-    }
+    /* off this CPU: left to the scheduler, it queues behind init (and it
+     * cannot move itself before it runs) */
+    sched_setaffinity(sups->pid, sizeof e.others, &e.others);
 }
 
-/* The build is done (root pivoted, network joined, filter on): the early
- * supervisor may serve. */
+/* The plan is parsed: what the early supervisor needs of it. */
+static void init_configure_early_supervisor(void)
+{
+    struct sup_config c = { plan_flags, plan_filter.len, plan_cap_bound };
+    struct iovec iov[2] = {
+        { &c, sizeof c },
+        { plan_filter.filter, plan_filter.len * sizeof(struct sock_filter) },
+    };
+    struct msghdr msg;
+    if (early_sup_sock < 0)
+        return;
+    memset(&msg, 0, sizeof msg);
+    msg.msg_iov = iov;
+    msg.msg_iovlen = plan_filter.len ? 2 : 1;
+    /* (gone: it cannot have served anything; reaped later) */
+    while (sendmsg(early_sup_sock, &msg, MSG_NOSIGNAL) < 0 && errno == EINTR)
+        ;
+}
+
+/* The build is done (root pivoted, network joined): the early supervisor
+ * may serve. */
 static void init_release_early_supervisor(void)
 {
     if (early_sup_sock < 0)
@@ -1830,51 +1886,21 @@ static void reap_orphans(int sfd)
         make_supervisor();
 }
 
-/* Every ignored signal back to SIG_DFL.  The set comes from SigIgn in
- * /proc/self/status (one read instead of a sigaction per signal); without
- * it, all of them. */
-static void reset_ignored_signals(void)
-{
-    static char buf[65536];
-    uint64_t ign = ~(uint64_t)0;
-    size_t len = 0;
-    int fd = open("/proc/self/status", O_RDONLY | O_CLOEXEC);
-    if (fd >= 0) {
-        ssize_t n;
-        while (len < sizeof buf - 1 &&
-               ((n = read(fd, buf + len, sizeof buf - 1 - len)) > 0 ||
-                (n < 0 && errno == EINTR)))
-            if (n > 0)
-                len += (size_t)n;
-        close(fd);
-        buf[len] = 0;
-        /* "SigIgn:\t" and exactly 16 hex digits and a newline, else all */
-        char *p = strstr(buf, "\nSigIgn:\t");
-        if (p) {
-            char *end;
-            p += 9;
-            unsigned long long v = strtoull(p, &end, 16);
-            if (end == p + 16 && *end == '\n')
-                ign = v;
-        }
-    }
-    for (int s = 1; s < _NSIG && s <= 64; s++)
-        if (ign & ((uint64_t)1 << (s - 1)))
-            signal(s, SIG_DFL);
-}
-
-int main(void)
+/* init's argv[1]: what init does before the plan is read, each letter
+ * matching a plan flag (checked): 'n' the network namespace
+ * (PS_PLAN_NETNS), 't' the time namespace (PS_PLAN_TIME_NS). */
+int main(int argc, char **argv)
 {
     struct plan pl;
     char *buf = NULL;
+    const char *early = argc > 1 ? argv[1] : "";
+    int want_netns = strchr(early, 'n') != NULL;
+    int want_timens = strchr(early, 't') != NULL;
     int fds[1], n_fds, step = PS_STEP_READ_PLAN, index = -1;
     sigset_t mask;
     ssize_t n;
 
-    /* dispositions inherited from Python (SIGPIPE, SIGXFSZ ignored) back to
-     * default, so that the commands get them default too: exec already did
-     * it for the handled ones, so only the ignored ones are left */
-    reset_ignored_signals();
+    /* (signals Python ignored were set back to default before the exec) */
     sigemptyset(&mask);
     sigaddset(&mask, SIGCHLD);
     sigprocmask(SIG_SETMASK, &mask, NULL);
@@ -1882,26 +1908,31 @@ int main(void)
     umask(0); /* modes in the plan are exact; commands get 022 */
     prctl(PR_SET_NAME, "pysandbox-init");
 
+    /* a new time namespace is for init's children: made before any */
+    if (want_timens && unshare(CLONE_NEWTIME) < 0 && errno != EINVAL) {
+        send_simple(CTRL_FD, PS_REC_SETUP_FAILED, PS_STEP_TIME_NS, errno, -1, 0);
+        _exit(1);
+    }
+    /* the first supervisor, working while the plan is read and built */
+    init_start_early_supervisor(want_netns);
+
     /* (the plan is usually waiting already: the parent queues it before
      * the clone) */
     n = recv_message(CTRL_FD, &buf, fds, 1, &n_fds);
     if (n <= 0)
         _exit(0);
     memset(&pl, 0, sizeof pl);
-    if (parse_plan(buf, (size_t)n, &pl) < 0) {
+    if (parse_plan(buf, (size_t)n, &pl) < 0 ||
+        !(pl.flags & PS_PLAN_NETNS) != !want_netns ||
+        !(pl.flags & PS_PLAN_TIME_NS) != !want_timens) {
         send_simple(CTRL_FD, PS_REC_SETUP_FAILED, PS_STEP_READ_PLAN, EINVAL, -1, 0);
         _exit(1);
     }
-    /* what every supervisor and command needs, before the first fork */
+    /* what every supervisor and command needs */
     plan_flags = pl.flags;
     plan_cap_bound = pl.cap_bound;
     plan_filter = pl.filter;
-    /* a new time namespace is for init's children: made before any */
-    if ((pl.flags & PS_PLAN_TIME_NS) && unshare(CLONE_NEWTIME) < 0 && errno != EINVAL) {
-        send_simple(CTRL_FD, PS_REC_SETUP_FAILED, PS_STEP_TIME_NS, errno, -1, 0);
-        _exit(1);
-    }
-    init_start_early_supervisor(); /* works while the mounts are built */
+    init_configure_early_supervisor();
     if (build_container(&pl, &step, &index) < 0) {
         send_simple(CTRL_FD, PS_REC_SETUP_FAILED, step, errno, index, 0);
         _exit(1);
@@ -1912,16 +1943,6 @@ int main(void)
     free(pl.ops);
     free(buf);
 
-    /* the filter, once for the whole sandbox: attaching (and JIT-compiling)
-     * it per command costs more than the rest of a run's setup */
-    if ((plan_flags & PS_PLAN_FILTER_IN_INIT) && plan_filter.len) {
-        if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &plan_filter) < 0) {
-            send_simple(CTRL_FD, PS_REC_SETUP_FAILED, PS_STEP_SECCOMP, errno, -1, 0);
-            _exit(1);
-        }
-        plan_filter.len = 0; /* inherited, not installed again per run */
-    }
-
     sigemptyset(&mask);
     sigaddset(&mask, SIGCHLD);
     int sfd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
@@ -1930,13 +1951,30 @@ int main(void)
         send_simple(CTRL_FD, PS_REC_SETUP_FAILED, PS_STEP_SIGNALS, errno, -1, 0);
         _exit(1);
     }
+    /* The filter, once for the whole sandbox (supervisors forked from here
+     * on inherit it; attaching it per command costs more than the rest of
+     * a run's setup).  With an early supervisor (it has its own) after
+     * READY, off the first run's path: a failure then ends the sandbox,
+     * before any supervisor without it could be forked. */
+    int filter_in_init = (plan_flags & PS_PLAN_FILTER_IN_INIT) && plan_filter.len;
     if (sup_count > 0) {
         init_release_early_supervisor();
         send_simple(CTRL_FD, PS_REC_READY, 0, 0, -1, getpid());
+        if (filter_in_init &&
+            syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &plan_filter) < 0)
+            _exit(1);
     } else {
+        if (filter_in_init &&
+            syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &plan_filter) < 0) {
+            send_simple(CTRL_FD, PS_REC_SETUP_FAILED, PS_STEP_SECCOMP, errno, -1, 0);
+            _exit(1);
+        }
         send_simple(CTRL_FD, PS_REC_READY, 0, 0, -1, getpid());
-        make_supervisor(); /* the first, while the parent reads READY */
     }
+    if (filter_in_init)
+        plan_filter.len = 0; /* inherited, not installed again per run */
+    if (sup_count == 0)
+        make_supervisor(); /* the first, while the parent reads READY */
 
     for (;;) {
         /* supervisors are forked on demand: when a run request waits and

@@ -45,6 +45,23 @@ static void child_fail(int err_fd, int step, int err)
     _exit(127);
 }
 
+/* Signals the parent ignores stay ignored across execve (handled ones are
+ * reset by it); init and the commands get them default.  Done while the
+ * parent writes the id maps. */
+static void reset_ignored_signals_in_child(void)
+{
+    for (int s = 1; s <= 64; s++) {
+        struct sigaction sa;
+        if (s == SIGKILL || s == SIGSTOP || sigaction(s, NULL, &sa) < 0 ||
+            sa.sa_handler != SIG_IGN)
+            continue;
+        sa.sa_handler = SIG_DFL;
+        sa.sa_flags = 0;
+        sigemptyset(&sa.sa_mask);
+        sigaction(s, &sa, NULL);
+    }
+}
+
 /* Child of clone: async-signal-safe calls only, nothing allocated. */
 static int init_child_main(void *p)
 {
@@ -53,6 +70,9 @@ static int init_child_main(void *p)
     char go;
     ssize_t n;
     int ctrl, runq, err, image, null;
+
+    /* 0. ignored signals back to default */
+    reset_ignored_signals_in_child();
 
     /* 1. wait for the parent to write the uid/gid maps */
     do {

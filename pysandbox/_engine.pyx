@@ -213,7 +213,7 @@ cdef class Sandbox:
         cdef pid_t pid = 0
         cdef int pidfd = -1, rc
         cdef bytes uid_map, gid_map
-        cdef char *argv[2]
+        cdef char *argv[3]
         cdef char *envp[1]
         cdef int cg_fds[8]
         cdef int n_cg = 0
@@ -227,7 +227,10 @@ cdef class Sandbox:
             parent.sendall(plan)
         try:
             argv[0] = b"pysandbox-init"
-            argv[1] = NULL
+            # what init starts before it reads the plan (matching the
+            # plan's flags, see pack_plan): time and network namespaces
+            argv[1] = b"nt" if self.config.network == "none" else b"t"
+            argv[2] = NULL
             envp[0] = NULL
             a.init_fd = sealed_init_fd()
             a.argv = argv
