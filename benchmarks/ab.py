@@ -6,7 +6,9 @@ Builds REV in a temporary git worktree (`setup.py build_ext --inplace`),
 then measures both versions in alternating child processes, N rounds, and
 prints the medians and new/old ratios.  Alternating processes cancels most
 of the drift a shared VM shows from minute to minute, which separate
-benchmark runs do not.  The busybox rootfs of setup-anchors.sh is used when
+benchmark runs do not; within a child the rows of a mode are measured call
+by call in turn (warm and subprocess.run alternate), and warm mode also
+reports its ratio to subprocess.run.  The busybox rootfs of setup-anchors.sh is used when
 it exists (else the rows that need it are skipped).  Nothing is left behind:
 the worktree and the bind directories are removed at the end.
 """
@@ -34,6 +36,18 @@ def _median_us(fn, n):
     return statistics.median(times) * 1e6
 
 
+def _interleaved_us(fns, n):
+    """Medians of several calls made in turn, n times each: a drift of the
+    VM's speed during the block moves them all alike."""
+    times = [[] for _ in fns]
+    for _ in range(n):
+        for i, fn in enumerate(fns):
+            t = time.perf_counter()
+            fn()
+            times[i].append(time.perf_counter() - t)
+    return [statistics.median(t) * 1e6 for t in times]
+
+
 def child(tree, mode, bind_dir):
     """One block of one version, as JSON on stdout."""
     sys.path.insert(0, tree)
@@ -46,16 +60,21 @@ def child(tree, mode, bind_dir):
     if mode == "cold":
         for _ in range(10):
             pysandbox.run(true)
-        out["cold default root"] = _median_us(lambda: pysandbox.run(true), 150)
+        fns = [lambda: pysandbox.run(true), lambda: subprocess.run(true)]
         if rootfs:
-            out["cold busybox rootfs"] = _median_us(lambda: pysandbox.run(true, rootfs), 150)
-        out["subprocess.run"] = _median_us(lambda: subprocess.run(true), 150)
+            fns.append(lambda: pysandbox.run(true, rootfs))
+        res = _interleaved_us(fns, 150)
+        out["cold default root"], out["subprocess.run"] = res[:2]
+        if rootfs:
+            out["cold busybox rootfs"] = res[2]
     elif mode == "warm":
         with pysandbox.Sandbox() as s:
             for _ in range(100):
                 s.run(true)
-            out["warm"] = _median_us(lambda: s.run(true), 400)
-        out["subprocess.run"] = _median_us(lambda: subprocess.run(true), 400)
+            warm, sub = _interleaved_us([lambda: s.run(true), lambda: subprocess.run(true)], 400)
+        out["warm"] = warm
+        out["subprocess.run"] = sub
+        out["warm / subprocess"] = warm / sub
     elif mode == "pool":
         times = []
         with SandboxPool(2, rootfs) as p:
@@ -114,7 +133,8 @@ def main():
                         res[k][name].append(v)
             for k, d in res.items():
                 o, n = statistics.median(d["old"]), statistics.median(d["new"])
-                print(f"{mode:5s} {k:22s} old {o:9.1f} us   new {n:9.1f} us   "
+                unit = "x " if "/" in k else "us"
+                print(f"{mode:5s} {k:22s} old {o:9.3f} {unit}   new {n:9.3f} {unit}   "
                       f"new/old {n / o:.3f}" if o else f"{mode:5s} {k:22s} new {n:9.1f} us")
     finally:
         subprocess.run(["git", "-C", HERE, "worktree", "remove", "--force", old],
