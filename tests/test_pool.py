@@ -2,6 +2,7 @@
 background thread, nothing left behind after close."""
 import gc
 import os
+import time
 import threading
 
 import pytest
@@ -153,15 +154,27 @@ def test_pool_refills_in_the_background(rootfs):
 
 
 def test_refill_needs_no_waiter(rootfs):
-    # nobody waits and a sandbox is still ready: the thread refills anyway
-    # (after the check-in or a short delay), without being asked
+    # nobody waits: a sandbox still checked out is replaced at its check-in,
+    # or at once when fewer than half of the pool are left ready
     with SandboxPool(2, rootfs) as pool:
         assert pool.wait_ready(30)
         with pool.sandbox() as s:
-            assert wait_until(lambda: pool.idle == 2, 20)
-            assert s.pid not in [x.pid for x in pool._state.idle]
-            assert len(init_pids()) == 3
+            assert pool.idle == 1
+            time.sleep(0.3)                  # half is ready: nothing is built
+            assert pool.idle == 1 and len(init_pids()) == 2
+        assert wait_until(lambda: pool.idle == 2, 20)
+        assert s.pid not in [x.pid for x in pool._state.idle]
         assert wait_until(lambda: len(init_pids()) == 2, 20)   # s reaped
+    with SandboxPool(4, rootfs) as pool:
+        assert pool.wait_ready(30)
+        held = [pool.checkout() for _ in range(3)]      # one of four left
+        try:
+            assert wait_until(lambda: pool.idle == 4, 20)
+            assert len(init_pids()) == 7
+        finally:
+            for h in held:
+                pool.checkin(h)
+        assert wait_until(lambda: len(init_pids()) == 4, 20)
 
 
 def test_checkout_waits_for_a_refill_or_times_out(rootfs):
