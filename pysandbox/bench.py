@@ -322,6 +322,17 @@ def _cases(rounds, rootfs, workdir, stack):
             ok(s.run([TRUE]))
     cases.append(("pool", "pysandbox pool checkout + run (pool ready)", pool_run,
                   cold_rounds, max(1, cold_rounds // 10), pool.wait_ready))
+
+    def refilled():
+        # the state the pool row is timed in: the pool has just rebuilt a
+        # sandbox (on a VM, a run right after other work or a pause is
+        # slower than one in a tight loop, subprocess.run's too)
+        with pool.sandbox():
+            pass
+        pool.wait_ready()
+    cases.append(("warm-after-refill", "pysandbox warm s.run, timed as the pool row",
+                  lambda: ok(warm.run([TRUE])), cold_rounds, max(1, cold_rounds // 10),
+                  refilled))
     if rootfs is not None:
         cases.append(("cold-busybox", "pysandbox cold, busybox rootfs (as anchors)",
                       lambda: ok(pysandbox.run([TRUE], rootfs)), cold_rounds,
