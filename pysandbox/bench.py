@@ -279,15 +279,22 @@ def anchors(rootfs, workdir, only=None):
 # -- measuring ------------------------------------------------------------------
 
 def _measure(fn, rounds, warmup, setup=None):
-    times = []
+    return _measure_in_turn([(fn, setup)], rounds, warmup)[0]
+
+
+def _measure_in_turn(fns, rounds, warmup):
+    """[(fn, setup), ...] timed call by call in turn: a drift of the VM's
+    speed moves them alike."""
+    times = [[] for _ in fns]
     for i in range(warmup + rounds):
-        if setup is not None:
-            setup()
-        t0 = time.perf_counter()
-        fn()
-        t = time.perf_counter() - t0
-        if i >= warmup:
-            times.append(t)
+        for k, (fn, setup) in enumerate(fns):
+            if setup is not None:
+                setup()
+            t0 = time.perf_counter()
+            fn()
+            t = time.perf_counter() - t0
+            if i >= warmup:
+                times[k].append(t)
     return times
 
 
@@ -355,6 +362,9 @@ def _cases(rounds, rootfs, workdir, stack):
 
 NOTES = {}
 
+# rows measured call by call in turn with their baseline
+IN_TURN = {"pool": "warm-after-refill"}
+
 
 def run_bench(rounds, progress=None):
     """Measure every row; returns (rows, skipped) where each row is a dict
@@ -367,18 +377,28 @@ def run_bench(rounds, progress=None):
         workdir = tempfile.mkdtemp(prefix="pysandbox-bench-")
         stack.callback(shutil.rmtree, workdir, True)
         cases, skipped = _cases(rounds, rootfs, workdir, stack)
+        by_name = {c[0]: c for c in cases}
+        done = set()
         for name, label, fn, n, warmup, setup in cases:
+            if name in done:
+                continue
+            # a row and its baseline are measured in turn (IN_TURN)
+            group = [by_name[x] for x in (name, IN_TURN.get(name)) if x in by_name]
             if progress:
                 progress(label)
             try:
-                times = _measure(fn, n, warmup, setup)
+                all_times = _measure_in_turn([(c[2], c[5]) for c in group], n, warmup)
             except Exception as exc:   # noqa: BLE001 -- one row fails, not the table
-                skipped[name] = f"failed: {exc}"
+                for c in group:
+                    skipped[c[0]] = f"failed: {exc}"
+                    done.add(c[0])
                 continue
-            times.sort()
-            rows.append({"name": name, "label": label, "rounds": n,
-                         "median": statistics.median(times), "min": times[0],
-                         "p90": times[min(len(times) - 1, int(len(times) * 0.9))]})
+            for c, times in zip(group, all_times):
+                done.add(c[0])
+                times.sort()
+                rows.append({"name": c[0], "label": c[1], "rounds": n,
+                             "median": statistics.median(times), "min": times[0],
+                             "p90": times[min(len(times) - 1, int(len(times) * 0.9))]})
     base = next((r["median"] for r in rows if r["name"] == "subprocess"), None)
     for r in rows:
         r["ratio"] = r["median"] / base if base else None
