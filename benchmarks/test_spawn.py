@@ -272,3 +272,16 @@ class TestBigParent:
         rc = bench(benchmark, fork_exec_true, rounds=FORK_ROUNDS, warmup=FORK_WARMUP,
                    label="anchor: os.fork + execv /bin/true", compare_to_group=GROUP)
         assert rc == 0
+
+
+def test_bench_command_table():
+    """`pysandbox bench` (not timed here): every row measured, the pool row
+    with its baseline, ratios against subprocess.run."""
+    from pysandbox import bench as bench_cli
+    rows, skipped = bench_cli.run_bench(2)
+    names = {r["name"] for r in rows}
+    assert {"subprocess", "warm", "cold", "cold-net-host", "pool",
+            "warm-after-refill"} <= names, (names, skipped)
+    assert all(r["ratio"] and r["median"] > 0 and r["rounds"] >= 1 for r in rows)
+    assert not [k for k, why in skipped.items() if why.startswith("failed")], skipped
+    assert "pool checkout + run" in bench_cli.format_table(rows, skipped)
