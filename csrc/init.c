@@ -717,9 +717,12 @@ static void early_make_netns(int sock)
         c->cmsg_len = CMSG_LEN(sizeof(int));
         memcpy(CMSG_DATA(c), &ns, sizeof ns);
     }
-    while (sendmsg(sock, &msg, MSG_NOSIGNAL) < 0 && errno == EINTR)
-        ;
-    if (r.step)
+    ssize_t sent;
+    do
+        sent = sendmsg(sock, &msg, MSG_NOSIGNAL);
+    while (sent < 0 && errno == EINTR);
+    /* failed or not sent: ending here is what init reads (EOF: EIO) */
+    if (r.step || sent != (ssize_t)sizeof r)
         _exit(0);
     close(ns);
     close(s);
@@ -1179,7 +1182,7 @@ static int parse_request(char *buf, size_t size, struct run_request *r)
  */
 
 enum { SUP_TOOK = 1, SUP_IDLE = 2 };              /* supervisor -> init */
-enum { SUP_SIGNAL = 1, SUP_RETIRE = 2, SUP_GO = 3 }; /* init -> supervisor */
+enum { SUP_SIGNAL = 1, SUP_RETIRE = 2, SUP_GO = 3, SUP_CONFIG = 4 }; /* init -> supervisor */
 #define SIGREQ_TREE 0xffffffffu                   /* "what": kill the tree */
 #define MAX_IDLE_SUPS 2
 #define MAX_POLLED_SUPS 1024
@@ -1449,9 +1452,11 @@ struct early_sup {
 
 /* init -> early supervisor, once the plan is parsed; the filter follows */
 struct sup_config {
+    uint32_t kind;         /* SUP_CONFIG */
     uint32_t flags;
-    uint32_t filter_len;   /* instructions */
     uint64_t cap_bound;
+    uint32_t filter_len;   /* instructions */
+    uint32_t reserved;
 };
 
 static void early_take_config(int sock)
@@ -1464,9 +1469,9 @@ static void early_take_config(int sock)
     do
         n = recv(sock, &in, sizeof in, 0);
     while (n < 0 && errno == EINTR);
-    if (n < (ssize_t)sizeof in.c || in.c.filter_len > BPF_MAXINSNS ||
+    if (n < (ssize_t)sizeof in.c || in.c.kind != SUP_CONFIG || in.c.filter_len > BPF_MAXINSNS ||
         (size_t)n != sizeof in.c + in.c.filter_len * sizeof(struct sock_filter))
-        _exit(0); /* init is gone (setup failed) */
+        _exit(0); /* init is gone (setup failed), or not a config */
     plan_flags = in.c.flags;
     plan_cap_bound = in.c.cap_bound;
     plan_filter.len = (unsigned short)in.c.filter_len;
@@ -1650,33 +1655,48 @@ static void init_start_early_supervisor(int netns)
     sched_setaffinity(sups->pid, sizeof e.others, &e.others);
 }
 
-/* The plan is parsed: what the early supervisor needs of it. */
-static void init_configure_early_supervisor(void)
+/* The plan is parsed: what the early supervisor needs of it.  Returns 0,
+ * or -1 with errno (it then cannot serve: init fails the setup). */
+static int init_configure_early_supervisor(void)
 {
-    struct sup_config c = { plan_flags, plan_filter.len, plan_cap_bound };
+    struct sup_config c = { SUP_CONFIG, plan_flags, plan_cap_bound, plan_filter.len, 0 };
     struct iovec iov[2] = {
         { &c, sizeof c },
         { plan_filter.filter, plan_filter.len * sizeof(struct sock_filter) },
     };
     struct msghdr msg;
+    ssize_t n;
     if (early_sup_sock < 0)
-        return;
+        return 0;
     memset(&msg, 0, sizeof msg);
     msg.msg_iov = iov;
     msg.msg_iovlen = plan_filter.len ? 2 : 1;
-    /* (gone: it cannot have served anything; reaped later) */
-    while (sendmsg(early_sup_sock, &msg, MSG_NOSIGNAL) < 0 && errno == EINTR)
-        ;
+    do
+        n = sendmsg(early_sup_sock, &msg, MSG_NOSIGNAL);
+    while (n < 0 && errno == EINTR);
+    if (n == (ssize_t)(sizeof c + iov[1].iov_len))
+        return 0;
+    if (n >= 0)
+        errno = EIO;
+    return -1;
 }
 
 /* The build is done (root pivoted, network joined): the early supervisor
- * may serve. */
+ * may serve.  One that cannot be told so would wait for ever while init
+ * counted it idle: it is killed (and replaced when a run waits). */
 static void init_release_early_supervisor(void)
 {
     if (early_sup_sock < 0)
         return;
     struct sup_msg m = { SUP_GO, 0, 0, 0 };
-    send(early_sup_sock, &m, sizeof m, MSG_NOSIGNAL); /* (gone: reaped later) */
+    ssize_t n;
+    do
+        n = send(early_sup_sock, &m, sizeof m, MSG_NOSIGNAL);
+    while (n < 0 && errno == EINTR);
+    if (n != (ssize_t)sizeof m)
+        for (struct sup *s = sups; s; s = s->next)
+            if (s->sock == early_sup_sock)
+                kill(s->pid, SIGKILL);
     early_sup_sock = -1;
 }
 
@@ -1932,7 +1952,10 @@ int main(int argc, char **argv)
     plan_flags = pl.flags;
     plan_cap_bound = pl.cap_bound;
     plan_filter = pl.filter;
-    init_configure_early_supervisor();
+    if (init_configure_early_supervisor() < 0) {
+        send_simple(CTRL_FD, PS_REC_SETUP_FAILED, PS_STEP_FORK, errno, -1, 0);
+        _exit(1);
+    }
     if (build_container(&pl, &step, &index) < 0) {
         send_simple(CTRL_FD, PS_REC_SETUP_FAILED, step, errno, index, 0);
         _exit(1);
@@ -1951,29 +1974,22 @@ int main(int argc, char **argv)
         send_simple(CTRL_FD, PS_REC_SETUP_FAILED, PS_STEP_SIGNALS, errno, -1, 0);
         _exit(1);
     }
-    /* The filter, once for the whole sandbox (supervisors forked from here
+    /* The early supervisor (it has its own filter) may serve now: a run
+     * queued during the build (pysandbox.run) starts while init installs
+     * its filter, once for the whole sandbox (supervisors forked from here
      * on inherit it; attaching it per command costs more than the rest of
-     * a run's setup).  With an early supervisor (it has its own) after
-     * READY, off the first run's path: a failure then ends the sandbox,
-     * before any supervisor without it could be forked. */
-    int filter_in_init = (plan_flags & PS_PLAN_FILTER_IN_INIT) && plan_filter.len;
-    if (sup_count > 0) {
-        init_release_early_supervisor();
-        send_simple(CTRL_FD, PS_REC_READY, 0, 0, -1, getpid());
-        if (filter_in_init &&
-            syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &plan_filter) < 0)
-            _exit(1);
-    } else {
-        if (filter_in_init &&
-            syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &plan_filter) < 0) {
+     * a run's setup).  A failure is still reported before READY. */
+    int had_early_sup = sup_count > 0;
+    init_release_early_supervisor();
+    if ((plan_flags & PS_PLAN_FILTER_IN_INIT) && plan_filter.len) {
+        if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &plan_filter) < 0) {
             send_simple(CTRL_FD, PS_REC_SETUP_FAILED, PS_STEP_SECCOMP, errno, -1, 0);
             _exit(1);
         }
-        send_simple(CTRL_FD, PS_REC_READY, 0, 0, -1, getpid());
-    }
-    if (filter_in_init)
         plan_filter.len = 0; /* inherited, not installed again per run */
-    if (sup_count == 0)
+    }
+    send_simple(CTRL_FD, PS_REC_READY, 0, 0, -1, getpid());
+    if (!had_early_sup)
         make_supervisor(); /* the first, while the parent reads READY */
 
     for (;;) {

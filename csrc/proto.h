@@ -75,13 +75,15 @@ struct ps_record {
 #define PS_PLAN_MAGIC 0x31425350u /* "PSB1" */
 
 enum ps_plan_flags {
-    PS_PLAN_NETNS = 1,      /* own network namespace with lo up, made by init
-                             * (by a helper, alongside the mounts) */
+    PS_PLAN_NETNS = 1,      /* own network namespace with lo up, made by
+                             * init's first supervisor, alongside the mounts */
     PS_PLAN_TIME_NS = 2,    /* commands get a new time namespace */
     PS_PLAN_CAPS = 4,       /* supervisors drop the bounding set to cap_bound */
-    PS_PLAN_FILTER_IN_INIT = 8, /* init installs the filter once, after setup:
-                                   supervisors and commands inherit it (a policy
-                                   that leaves what they need allowed) */
+    PS_PLAN_FILTER_IN_INIT = 8, /* init installs the filter once, after setup,
+                                   the early supervisor its own copy before its
+                                   go: later supervisors and the commands
+                                   inherit it (a policy that leaves allowed
+                                   what they do from there on) */
 };
 
 struct ps_plan_hdr {

@@ -31,6 +31,7 @@
 
 struct child_ctx {
     const struct ps_spawn_args *a;
+    int sigrtmin; /* the C library's first usable real-time signal */
     int sync_fd;  /* read end: one byte when the maps are written */
     int err_fd;   /* write end, CLOEXEC: a ps_error on failure, EOF on exec */
 };
@@ -47,13 +48,17 @@ static void child_fail(int err_fd, int step, int err)
 
 /* Signals the parent ignores stay ignored across execve (handled ones are
  * reset by it); init and the commands get them default.  Done while the
- * parent writes the id maps. */
-static void reset_ignored_signals_in_child(void)
+ * parent writes the id maps.  Only signals sigaction() accepts (not KILL,
+ * STOP, nor the C library's own between 32 and SIGRTMIN, which the parent
+ * read): a failing call would write errno, and the child shares the
+ * parent's thread and so its errno, which the parent may be about to
+ * read. */
+static void reset_ignored_signals_in_child(int sigrtmin)
 {
     for (int s = 1; s <= 64; s++) {
         struct sigaction sa;
-        if (s == SIGKILL || s == SIGSTOP || sigaction(s, NULL, &sa) < 0 ||
-            sa.sa_handler != SIG_IGN)
+        if (s == SIGKILL || s == SIGSTOP || (s >= 32 && s < sigrtmin) ||
+            sigaction(s, NULL, &sa) < 0 || sa.sa_handler != SIG_IGN)
             continue;
         sa.sa_handler = SIG_DFL;
         sa.sa_flags = 0;
@@ -72,7 +77,7 @@ static int init_child_main(void *p)
     int ctrl, runq, err, image, null;
 
     /* 0. ignored signals back to default */
-    reset_ignored_signals_in_child();
+    reset_ignored_signals_in_child(c->sigrtmin);
 
     /* 1. wait for the parent to write the uid/gid maps */
     do {
@@ -190,6 +195,7 @@ int ps_spawn_init_from_parent(const struct ps_spawn_args *a, pid_t *pid_out,
         return -1;
     }
     ctx.a = a;
+    ctx.sigrtmin = SIGRTMIN;
     ctx.sync_fd = sync_pipe[0];
     ctx.err_fd = err_pipe[1];
 

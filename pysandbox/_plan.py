@@ -198,7 +198,9 @@ def pack_plan(cfg, ops, seccomp_filter=b""):
     flags = PLAN_TIME_NS | PLAN_CAPS | (PLAN_NETNS if cfg.network == "none" else 0)
     if cfg.seccomp == "default":
         # the default deny-list leaves all that init and the supervisors do
-        # allowed, so it is installed once in init (custom policies: per run)
+        # once it is installed allowed, so it is installed once in init and
+        # once in the first supervisor, before its go (custom policies: per
+        # run)
         flags |= PLAN_FILTER_IN_INIT
     hostname = cfg.hostname.encode() + b"\0"
     staging = staging_dir().encode() + b"\0"

@@ -174,8 +174,13 @@ class SandboxProcess:
                 fds += self._cg.procs_fds
             try:
                 sandbox._send(req, fds)
-            except OSError as exc:
-                if exc.errno != errno.EBADF or (p2c, c2p, errwrite) != (0, 1, 2):
+            except (OSError, SandboxError) as exc:
+                if sandbox._ready_pending:
+                    # queued ahead of READY (pysandbox.run): an init that
+                    # failed its build is gone, and its error says why
+                    sandbox._wait_ready()
+                if (not isinstance(exc, OSError) or exc.errno != errno.EBADF
+                        or (p2c, c2p, errwrite) != (0, 1, 2)):
                     raise
                 # a closed 0, 1 or 2 here: the command gets /dev/null there
                 fds[1:4] = self._child_fds(None, None, None, to_close, parent_ends, bufsize)

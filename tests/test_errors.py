@@ -5,6 +5,7 @@ import errno
 import math
 import os
 import subprocess
+import time
 
 import pytest
 
@@ -378,6 +379,23 @@ def test_setup_error_one_shot_run(rootfs, io, unchanged, no_leaks):
     # run error, and the queued request takes nothing with it
     with pytest.raises(SetupError) as ei:
         pysandbox.run(["cat"], rootfs, mounts=[Tmpfs("/canary/x")], **io)
+    assert ei.value.errno == errno.ENOTDIR
+    assert "/canary/x" in str(ei.value)
+
+
+def test_setup_error_one_shot_run_init_gone_before_the_send(rootfs, monkeypatch, unchanged,
+                                                            no_leaks):
+    # the request is built while init builds: an init whose build failed
+    # and that is gone before the request is sent still has its error read
+    # (not "the sandbox init is gone")
+    real_argv = pysandbox._runner._argv
+
+    def slow_argv(args):
+        time.sleep(0.3)
+        return real_argv(args)
+    monkeypatch.setattr(pysandbox._runner, "_argv", slow_argv)
+    with pytest.raises(SetupError) as ei:
+        pysandbox.run(["true"], rootfs, mounts=[Tmpfs("/canary/x")])
     assert ei.value.errno == errno.ENOTDIR
     assert "/canary/x" in str(ei.value)
 
