@@ -33,6 +33,7 @@ struct child_ctx {
     const struct ps_spawn_args *a;
     int sigrtmin; /* the C library's first usable real-time signal */
     int sync_fd;  /* read end: one byte when the maps are written */
+    int sync_w;   /* its write end: the child's copy is closed at once */
     int err_fd;   /* write end, CLOEXEC: a ps_error on failure, EOF on exec */
 };
 
@@ -76,7 +77,10 @@ static int init_child_main(void *p)
     ssize_t n;
     int ctrl, runq, err, image, null;
 
-    /* 0. ignored signals back to default */
+    /* 0. the child has its own copy of the fd table: with its copy of the
+     * sync pipe's write end open, a parent that gives up (closes its end)
+     * would leave it reading for ever; ignored signals back to default */
+    close(c->sync_w);
     reset_ignored_signals_in_child(c->sigrtmin);
 
     /* 1. wait for the parent to write the uid/gid maps */
@@ -197,6 +201,7 @@ int ps_spawn_init_from_parent(const struct ps_spawn_args *a, pid_t *pid_out,
     ctx.a = a;
     ctx.sigrtmin = SIGRTMIN;
     ctx.sync_fd = sync_pipe[0];
+    ctx.sync_w = sync_pipe[1];
     ctx.err_fd = err_pipe[1];
 
     /* No Python signal handler may run in the child: block everything
