@@ -212,13 +212,37 @@ def pack_plan(cfg, ops, seccomp_filter=b""):
 
 # --- identity -------------------------------------------------------------
 
+def _ids_from_zero(path):
+    """How many ids from 0 up this process's user namespace maps (its
+    /proc/self/uid_map or gid_map): all of them on the host, often 1 in a
+    rootless container."""
+    try:
+        with open(path) as f:
+            for line in f:
+                inside, _outside, count = (int(x) for x in line.split())
+                if inside == 0:
+                    return count
+    except (OSError, ValueError):
+        pass
+    return 1
+
+
+_root_ranges = None
+
+
 def id_maps():
     """(uid_map, gid_map, deny_setgroups): the caller is root inside.  Root
-    can map a range, so that user= can pick other ids; an ordinary user can
-    map only its own ids."""
+    can map a range (at most 65536, and no more than its own namespace maps:
+    a root that is root of a one-id container maps one id), so that user=
+    can pick other ids; an ordinary user can map only its own ids."""
+    global _root_ranges
     uid, gid = os.geteuid(), os.getegid()
     if uid == 0:
-        return b"0 0 65536\n", b"0 0 65536\n", False
+        if _root_ranges is None:   # a namespace's maps never change once written
+            _root_ranges = (min(65536, _ids_from_zero("/proc/self/uid_map")),
+                            min(65536, _ids_from_zero("/proc/self/gid_map")))
+        nu, ng = _root_ranges
+        return f"0 0 {nu}\n".encode(), f"0 0 {ng}\n".encode(), False
     return f"0 {uid} 1\n".encode(), f"0 {gid} 1\n".encode(), True
 
 
