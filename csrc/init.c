@@ -721,9 +721,15 @@ static void early_make_netns(int sock)
     do
         sent = sendmsg(sock, &msg, MSG_NOSIGNAL);
     while (sent < 0 && errno == EINTR);
-    /* failed or not sent: ending here is what init reads (EOF: EIO) */
-    if (r.step || sent != (ssize_t)sizeof r)
+    /* not sent: ending here is what init reads (EOF: EIO) */
+    if (sent != (ssize_t)sizeof r)
         _exit(0);
+    /* failed: init reports it and exits, which ends this process.  (Not
+     * exiting here: a socket closed with a message unread, init's config,
+     * makes init's next receive fail with ECONNRESET, before the result.) */
+    if (r.step)
+        for (;;)
+            pause();
     close(ns);
     close(s);
 }
@@ -751,9 +757,11 @@ static int init_finish_netns(int *step)
     /* its first message; one that died before sending closed its end, the
      * only other copy (init closed its own after the fork): EOF */
     set_msg(&msg, &iov, &r, sizeof r, cbuf.b, sizeof cbuf.b);
+    int resets = 0;
     do
         n = recvmsg(early_sup_sock, &msg, MSG_CMSG_CLOEXEC);
-    while (n < 0 && errno == EINTR);
+    /* (ECONNRESET is said once, ahead of what is still queued) */
+    while (n < 0 && (errno == EINTR || (errno == ECONNRESET && resets++ == 0)));
     if (n > 0)
         collect_fds(&msg, fds, 1, &n_fds);
     if (n != (ssize_t)sizeof r || (r.step == 0 && n_fds != 1)) {
@@ -1446,7 +1454,8 @@ static void supervisor_main(int sock)
  * itself when a run waits. */
 struct early_sup {
     cpu_set_t all;      /* init's CPUs */
-    cpu_set_t others;   /* without the one init was on (init pins it there) */
+    cpu_set_t others;   /* without the one init was on: init pins the early
+                         * supervisor to these until the go */
     int netns;          /* make the network namespace */
 };
 
@@ -1655,9 +1664,12 @@ static void init_start_early_supervisor(int netns)
     sched_setaffinity(sups->pid, sizeof e.others, &e.others);
 }
 
-/* The plan is parsed: what the early supervisor needs of it.  Returns 0,
- * or -1 with errno (it then cannot serve: init fails the setup). */
-static int init_configure_early_supervisor(void)
+static void drop_early_supervisor(void);
+
+/* The plan is parsed: what the early supervisor needs of it.  One that
+ * cannot be told is dropped: init makes the network namespace itself and
+ * forks a supervisor when a run waits. */
+static void init_configure_early_supervisor(void)
 {
     struct sup_config c = { SUP_CONFIG, plan_flags, plan_cap_bound, plan_filter.len, 0 };
     struct iovec iov[2] = {
@@ -1667,23 +1679,30 @@ static int init_configure_early_supervisor(void)
     struct msghdr msg;
     ssize_t n;
     if (early_sup_sock < 0)
-        return 0;
+        return;
     memset(&msg, 0, sizeof msg);
     msg.msg_iov = iov;
     msg.msg_iovlen = plan_filter.len ? 2 : 1;
     do
         n = sendmsg(early_sup_sock, &msg, MSG_NOSIGNAL);
     while (n < 0 && errno == EINTR);
-    if (n == (ssize_t)(sizeof c + iov[1].iov_len))
-        return 0;
-    if (n >= 0)
-        errno = EIO;
-    return -1;
+    if (n != (ssize_t)(sizeof c + iov[1].iov_len))
+        drop_early_supervisor();
+}
+
+/* An early supervisor that cannot be told what to do would wait for ever
+ * while init counted it idle: killed (reaped and replaced later, when a
+ * run waits), and forgotten as the early one. */
+static void drop_early_supervisor(void)
+{
+    for (struct sup *s = sups; s; s = s->next)
+        if (s->sock == early_sup_sock)
+            kill(s->pid, SIGKILL);
+    early_sup_sock = -1;
 }
 
 /* The build is done (root pivoted, network joined): the early supervisor
- * may serve.  One that cannot be told so would wait for ever while init
- * counted it idle: it is killed (and replaced when a run waits). */
+ * may serve. */
 static void init_release_early_supervisor(void)
 {
     if (early_sup_sock < 0)
@@ -1694,9 +1713,7 @@ static void init_release_early_supervisor(void)
         n = send(early_sup_sock, &m, sizeof m, MSG_NOSIGNAL);
     while (n < 0 && errno == EINTR);
     if (n != (ssize_t)sizeof m)
-        for (struct sup *s = sups; s; s = s->next)
-            if (s->sock == early_sup_sock)
-                kill(s->pid, SIGKILL);
+        drop_early_supervisor();
     early_sup_sock = -1;
 }
 
@@ -1952,10 +1969,7 @@ int main(int argc, char **argv)
     plan_flags = pl.flags;
     plan_cap_bound = pl.cap_bound;
     plan_filter = pl.filter;
-    if (init_configure_early_supervisor() < 0) {
-        send_simple(CTRL_FD, PS_REC_SETUP_FAILED, PS_STEP_FORK, errno, -1, 0);
-        _exit(1);
-    }
+    init_configure_early_supervisor();
     if (build_container(&pl, &step, &index) < 0) {
         send_simple(CTRL_FD, PS_REC_SETUP_FAILED, step, errno, index, 0);
         _exit(1);
@@ -1978,7 +1992,9 @@ int main(int argc, char **argv)
      * queued during the build (pysandbox.run) starts while init installs
      * its filter, once for the whole sandbox (supervisors forked from here
      * on inherit it; attaching it per command costs more than the rest of
-     * a run's setup).  A failure is still reported before READY. */
+     * a run's setup).  A failure is still reported before READY (the
+     * queued run may have started meanwhile, under the early supervisor's
+     * copy of the filter; init's exit ends it). */
     int had_early_sup = sup_count > 0;
     init_release_early_supervisor();
     if ((plan_flags & PS_PLAN_FILTER_IN_INIT) && plan_filter.len) {

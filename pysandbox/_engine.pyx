@@ -289,7 +289,13 @@ cdef class Sandbox:
         try:
             if parent is None:
                 raise SandboxError("the sandbox is closed")
-            data = parent.recv(_runner.RECORD.size)
+            try:
+                data = parent.recv(_runner.RECORD.size)
+            except ConnectionResetError:
+                # an init that failed before it read the plan closed its end
+                # with the plan unread: the error is said once, then what it
+                # sent (its SETUP_FAILED record) can be read
+                data = parent.recv(_runner.RECORD.size)
             if len(data) != _runner.RECORD.size:
                 raise setup_error(0, 0, None, "the init exited before reporting")
             rec = _runner.RECORD.unpack(data)

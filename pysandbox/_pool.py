@@ -71,19 +71,21 @@ class _State:
         self.last_checkout = 0.0
 
 
-# A replacement is built at once when a caller is waiting or nothing is
-# ready; otherwise the build waits until the checkout ends or this long, so
-# that it does not compete (for the CPU and the GIL) with the first command
-# of the sandbox just handed out.
+# When the refill thread is woken by a checkout (under half the pool left
+# ready, see _refill_now), the replacement is built at once if a caller is
+# waiting or nothing is ready; otherwise the build waits until the checkout
+# ends or this long, so that it does not compete (for the CPU and the GIL)
+# with the first command of the sandbox just handed out.
 REFILL_DELAY = 0.02
 
 
 def _refill_now(st):
     """Under st.cond, at a checkout: does the refill thread need waking
-    now?  Not while at least half the pool is still ready: the check-in will
-    wake it.  (Waking it costs the checkout ~12 us and, with the thread
-    taking the lock and the GIL on the other CPU, slows the first command of
-    the sandbox just handed out by 10-40 us.)"""
+    now?  Not while at least half the pool is still ready: the check-in
+    (checkin(), the end of pool.sandbox()) wakes it.  (Waking it costs the
+    checkout ~12 us and, with the thread taking the lock and the GIL on the
+    other CPU, slows the first command of the sandbox just handed out by
+    10-40 us.)"""
     return st.waiters > 0 or 2 * len(st.idle) < st.size
 
 
@@ -212,7 +214,9 @@ class SandboxPool:
 
     def checkout(self, timeout=None):
         """Take a ready sandbox (waiting up to `timeout` seconds for one).
-        The caller owns it and must close it; pool.sandbox() does that."""
+        The caller owns it and ends it with pool.checkin(s) (pool.sandbox()
+        does that): closing it also works, but the pool then replaces it
+        only when a later checkout leaves it under half full."""
         self._check_open()
         if timeout is not None:
             if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):

@@ -172,6 +172,7 @@ class SandboxProcess:
             fds = [to_close[-1], p2c, c2p, errwrite]
             if self._cg is not None:
                 fds += self._cg.procs_fds
+            queued_ahead = sandbox._ready_pending
             try:
                 sandbox._send(req, fds)
             except (OSError, SandboxError) as exc:
@@ -187,10 +188,11 @@ class SandboxProcess:
                 sandbox._send(req, fds)
             if self._cg is not None:
                 self._cg.close_fds()
-            if sandbox._ready_pending:
+            if queued_ahead:
                 # pysandbox.run(): the request went ahead of init's READY
                 # (its set-up failure raises here); the run starts now
-                sandbox._wait_ready()
+                if sandbox._ready_pending:
+                    sandbox._wait_ready()
                 self._start = time.monotonic()
         except BaseException:
             if self._cg is not None:

@@ -400,6 +400,17 @@ def test_setup_error_one_shot_run_init_gone_before_the_send(rootfs, monkeypatch,
     assert "/canary/x" in str(ei.value)
 
 
+def test_id_map_refused_is_a_setup_error(monkeypatch, no_leaks):
+    # the kernel refuses the id map: the parent gives up on the child that
+    # waits for it, which must see EOF and exit (it held a copy of the pipe's
+    # write end and waited for ever), and the error names the file
+    monkeypatch.setattr(pysandbox._plan, "id_maps", lambda: (b"0 0 0\n", b"0 0 0\n", False))
+    with pytest.raises(SetupError) as ei:
+        Sandbox()
+    assert ei.value.errno == errno.EINVAL
+    assert "gid_map" in str(ei.value)
+
+
 def test_setup_error_on_default_root(unchanged, no_leaks):
     # /etc/passwd is a file bound into the default root
     with pytest.raises(SetupError) as ei:

@@ -162,3 +162,54 @@ def test_host_files_of_other_users_are_unmapped(rootfs, tmp_path):
         src = "/etc/passwd"             # owned by host root, not mapped for us
     with Sandbox(rootfs, mounts=[Bind(src, "/probe")]) as s:
         assert ok(s, "stat -c '%u:%g' /probe") == "65534:65534\n"
+
+
+# -- inside a user namespace that maps few ids ---------------------------------
+
+IN_ONE_ID_ROOT = r"""
+import errno, sys, pysandbox
+what = sys.argv[1]
+if what != "plain":
+    with open(f"/proc/sys/user/max_{what}_namespaces", "w") as f:
+        f.write("0")
+for attempt in ("one-shot", "sandbox"):
+    try:
+        if attempt == "one-shot":
+            r = pysandbox.run(["sh", "-c", "id -u; cat /proc/self/uid_map"], capture_output=True,
+                              text=True, timeout=20)
+            print(attempt, "ok", " ".join(r.stdout.split()))
+        else:
+            with pysandbox.Sandbox() as s:
+                print(attempt, "ok")
+    except pysandbox.SetupError as e:
+        print(attempt, "SetupError", e.step, errno.errorcode.get(e.errno))
+"""
+
+
+def _in_one_id_root(what):
+    # root of a user namespace that maps a single id (a rootless container,
+    # `unshare --map-root-user`): the sandbox maps what it can
+    import subprocess
+    import sys
+    r = subprocess.run(["unshare", "--user", "--map-root-user", sys.executable, "-c",
+                        IN_ONE_ID_ROOT, what], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    return r.stdout.splitlines()
+
+
+def test_root_of_a_one_id_namespace_maps_one_id():
+    out = _in_one_id_root("plain")
+    assert out[0].split()[:3] == ["one-shot", "ok", "0"], out     # root inside
+    assert out[0].split()[3:6] == ["0", "0", "1"], out          # one id mapped
+    assert out[1] == "sandbox ok", out
+
+
+@pytest.mark.parametrize("ns, step", [("net", "network namespace"), ("time", "time namespace")])
+def test_namespace_limit_is_a_setup_error(ns, step):
+    # a namespace the kernel refuses (its user.max_*_namespaces is 0) is a
+    # SetupError naming that step and the errno, for a one-shot run and for
+    # a Sandbox alike -- not a hang, not a reset socket, not "init is gone"
+    out = _in_one_id_root(ns)
+    assert len(out) == 2, out
+    for line in out:
+        assert "SetupError" in line and step in line and line.endswith("ENOSPC"), out
