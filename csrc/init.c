@@ -151,6 +151,7 @@ struct op {
 };
 
 struct plan {
+    int netns;                  /* from init's argv, not the wire */
     uint32_t flags;
     uint64_t cap_bound;
     struct sock_fprog filter;   /* len 0: none */
@@ -836,7 +837,7 @@ static int build_container(struct plan *pl, int *step, int *index)
         if (sethostname(pl->hostname, strlen(pl->hostname)) < 0)
             return -1;
     }
-    if ((pl->flags & PS_PLAN_NETNS) && init_finish_netns(step) < 0)
+    if (pl->netns && init_finish_netns(step) < 0)
         return -1;
 
     /* enter the root and drop the old one */
@@ -1442,7 +1443,7 @@ static void supervisor_main(int sock)
 }
 
 /* The first supervisor, forked as soon as init starts: it makes the network
- * namespace (argv says whether the plan asks for one) and its own set-up on
+ * namespace (when init's argv asks for one) and its own set-up on
  * another CPU while init reads the plan and builds the mounts, then waits
  * for init's go: by then the root it shares with init has been pivoted
  * (pivot_root moves every process of the mount namespace that was at the
@@ -1714,7 +1715,7 @@ static void init_release_early_supervisor(void)
     while (n < 0 && errno == EINTR);
     if (n != (ssize_t)sizeof m)
         drop_early_supervisor();
-    early_sup_sock = -1;
+    early_sup_sock = -1; /* released (or dropped): no longer the early one */
 }
 
 static struct sup *find_sup(pid_t pid)
@@ -1923,16 +1924,13 @@ static void reap_orphans(int sfd)
         make_supervisor();
 }
 
-/* init's argv[1]: what init does before the plan is read, each letter
- * matching a plan flag (checked): 'n' the network namespace
- * (PS_PLAN_NETNS), 't' the time namespace (PS_PLAN_TIME_NS). */
+/* init's argv[1] "netns": the sandbox gets its own network namespace (the
+ * first supervisor starts making it before the plan is read). */
 int main(int argc, char **argv)
 {
     struct plan pl;
     char *buf = NULL;
-    const char *early = argc > 1 ? argv[1] : "";
-    int want_netns = strchr(early, 'n') != NULL;
-    int want_timens = strchr(early, 't') != NULL;
+    int want_netns = argc > 1 && strcmp(argv[1], "netns") == 0;
     int fds[1], n_fds, step = PS_STEP_READ_PLAN, index = -1;
     sigset_t mask;
     ssize_t n;
@@ -1945,8 +1943,9 @@ int main(int argc, char **argv)
     umask(0); /* modes in the plan are exact; commands get 022 */
     prctl(PR_SET_NAME, "pysandbox-init");
 
-    /* a new time namespace is for init's children: made before any */
-    if (want_timens && unshare(CLONE_NEWTIME) < 0 && errno != EINVAL) {
+    /* a new time namespace is for init's children: made before any (a
+     * kernel without time namespaces: none) */
+    if (unshare(CLONE_NEWTIME) < 0 && errno != EINVAL) {
         send_simple(CTRL_FD, PS_REC_SETUP_FAILED, PS_STEP_TIME_NS, errno, -1, 0);
         _exit(1);
     }
@@ -1959,12 +1958,11 @@ int main(int argc, char **argv)
     if (n <= 0)
         _exit(0);
     memset(&pl, 0, sizeof pl);
-    if (parse_plan(buf, (size_t)n, &pl) < 0 ||
-        !(pl.flags & PS_PLAN_NETNS) != !want_netns ||
-        !(pl.flags & PS_PLAN_TIME_NS) != !want_timens) {
+    if (parse_plan(buf, (size_t)n, &pl) < 0) {
         send_simple(CTRL_FD, PS_REC_SETUP_FAILED, PS_STEP_READ_PLAN, EINVAL, -1, 0);
         _exit(1);
     }
+    pl.netns = want_netns;
     /* what every supervisor and command needs */
     plan_flags = pl.flags;
     plan_cap_bound = pl.cap_bound;

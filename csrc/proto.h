@@ -74,10 +74,9 @@ struct ps_record {
  *   0 = absent). */
 #define PS_PLAN_MAGIC 0x31425350u /* "PSB1" */
 
+/* (The network and time namespaces are not plan flags: init sets them up
+ * before it reads the plan, as its argv says; see init's main.) */
 enum ps_plan_flags {
-    PS_PLAN_NETNS = 1,      /* own network namespace with lo up, made by
-                             * init's first supervisor, alongside the mounts */
-    PS_PLAN_TIME_NS = 2,    /* commands get a new time namespace */
     PS_PLAN_CAPS = 4,       /* supervisors drop the bounding set to cap_bound */
     PS_PLAN_FILTER_IN_INIT = 8, /* init installs the filter once, after setup,
                                    the early supervisor its own copy before its

@@ -116,7 +116,7 @@ def null_fd():
 
 cdef unsigned long _ns_flags():
     # no CLONE_NEWNET: with network="none" init's first supervisor makes the
-    # network namespace while init builds the mounts (PLAN_NETNS); it is owned
+    # network namespace while init builds the mounts (init's argv); it is owned
     # by the sandbox's user namespace all the same
     return (CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWUTS
             | CLONE_NEWIPC | CLONE_NEWCGROUP)
@@ -227,10 +227,12 @@ cdef class Sandbox:
             parent.sendall(plan)
         try:
             argv[0] = b"pysandbox-init"
-            # what init starts before it reads the plan (matching the
-            # plan's flags, see pack_plan): time and network namespaces
-            argv[1] = b"nt" if self.config.network == "none" else b"t"
+            # a network namespace: init's first supervisor starts making it
+            # before init reads the plan
+            argv[1] = NULL
             argv[2] = NULL
+            if self.config.network == "none":
+                argv[1] = b"netns"
             envp[0] = NULL
             a.init_fd = sealed_init_fd()
             a.argv = argv

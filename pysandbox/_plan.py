@@ -16,7 +16,7 @@ from ._config import Bind, Tmpfs
 (ROOT_TMPFS, ROOT_OVERLAY, BIND, TMPFS, PROC, DEVPTS, MKDIR, SYMLINK, REMOUNT_RO,
  MQUEUE, BIND_SELF) = range(1, 12)
 F_RDONLY, F_NOSUID, F_NODEV, F_NOEXEC, F_FILE, F_OPTIONAL, F_NO_CREATE = 1, 2, 4, 8, 16, 32, 64
-PLAN_NETNS, PLAN_TIME_NS, PLAN_CAPS, PLAN_FILTER_IN_INIT = 1, 2, 4, 8
+PLAN_CAPS, PLAN_FILTER_IN_INIT = 4, 8   # (network, time namespaces: init's argv)
 PLAN_MAGIC = 0x31425350
 
 _HDR = struct.Struct("=6IQ")
@@ -195,7 +195,7 @@ def _find_staging_dir():
 
 
 def pack_plan(cfg, ops, seccomp_filter=b""):
-    flags = PLAN_TIME_NS | PLAN_CAPS | (PLAN_NETNS if cfg.network == "none" else 0)
+    flags = PLAN_CAPS
     if cfg.seccomp == "default":
         # the default deny-list leaves all that init and the supervisors do
         # once it is installed allowed, so it is installed once in init and
