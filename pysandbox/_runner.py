@@ -129,11 +129,8 @@ class SandboxProcess:
 
         argv = _argv(args)
         if env is None and cwd is None and rlimits is None:
-            # the sandbox's defaults: their wire form is made once
+            # the sandbox's defaults: their wire form is made at construction
             tail = sandbox._request_tail
-            if tail is None:
-                tail = sandbox._request_tail = _request_tail(
-                    sandbox._env, sandbox._cwd, sandbox._rlimits)
         else:
             tail = _request_tail(sandbox._env if env is None else _check_env(env, "env"),
                                  sandbox._cwd if cwd is None else _inside_path(cwd, "cwd"),
