@@ -746,8 +746,7 @@ class SandboxCgroup(_Group):
         if self._run_hiers is None:
             need = []
             for key in _STAT_KEYS:
-                spec, d = self._stat_source(key)
-                h = next((h for h, dd in self._dirs.items() if dd == d), None)
+                _spec, h = self._stat_hierarchy(key)
                 if h is not None and h not in need:
                     need.append(h)
             killers = [h for h, d in self._dirs.items()
@@ -761,6 +760,11 @@ class SandboxCgroup(_Group):
             self._run_hiers = need
         return self._run_hiers
 
+    def _stat_hierarchy(self, key):
+        """(spec, hierarchy) where this sandbox reads `key` (None, None: nowhere)."""
+        spec, d = self._stat_source(key)
+        return spec, next((h for h, dd in self._dirs.items() if dd == d), None)
+
     def _run_sources(self, run_dirs):
         """The stat sources of a run cgroup (see RunCgroup.__init__)."""
         layout = self.__dict__.setdefault("_run_layout", {})
@@ -768,8 +772,7 @@ class SandboxCgroup(_Group):
         for key in _STAT_KEYS:
             ck = (key, _PREFERENCE)
             if ck not in layout:
-                spec, d = self._stat_source(key)
-                h = next((h for h, dd in self._dirs.items() if dd == d), None)
+                spec, h = self._stat_hierarchy(key)
                 layout[ck] = (spec, h) if h in run_dirs else (None, None)
             spec, h = layout[ck]
             out[ck] = (spec, run_dirs[h]) if spec is not None and h in run_dirs else (None, None)
