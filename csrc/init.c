@@ -21,12 +21,15 @@
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include "mount_api.h"
 #include <sys/prctl.h>
 #include <sys/resource.h>
@@ -1184,18 +1187,40 @@ static int parse_request(char *buf, size_t size, struct run_request *r)
  * vforks and execs the command, reports the exit on the run's channel,
  * reaps what the command left (it is their subreaper), and then goes back
  * to the queue.  Init forks supervisors on demand (a request waits and none
- * is idle), keeps at most MAX_IDLE_SUPS idle ones, and talks to each over a
- * private socketpair: the supervisor says when it takes a run and when it
- * is idle again; init sends it signal requests for its run and, when idle,
- * leave to retire.  Commands can reach none of this (no fd, no signal).
+ * is idle) and keeps one in reserve once runs come one after another; a
+ * supervisor that would be the third idle one leaves.
+ *
+ * What a supervisor is doing is written on the board, a page init and
+ * its supervisors share: the number of idle ones and, per supervisor, the
+ * run it serves.  A run does not wake init: a supervisor rings init's
+ * doorbell (an eventfd) only when it took the last idle place (init then
+ * watches the queue itself, and keeps a spare) or gave the first one back.
+ * Init reads the board to route a signal request to the run's supervisor
+ * (over their private socketpair, which also brings the early supervisor
+ * its set-up); a tree kill for a run no supervisor has taken yet waits on
+ * the board, where the supervisor that takes the run finds it.  Commands
+ * can reach none of this (no fd, no mapping: execve drops it).
  */
 
-enum { SUP_TOOK = 1, SUP_IDLE = 2 };              /* supervisor -> init */
-enum { SUP_SIGNAL = 1, SUP_RETIRE = 2, SUP_GO = 3, SUP_CONFIG = 4 }; /* init -> supervisor */
+enum { SUP_SIGNAL = 1, SUP_GO = 3, SUP_CONFIG = 4 }; /* init -> supervisor */
 #define SIGREQ_TREE 0xffffffffu                   /* "what": kill the tree */
 #define MAX_IDLE_SUPS 2
-#define MAX_POLLED_SUPS 1024
+#define MAX_SUPS 4096          /* supervisors at once (board slots) */
 #define MAX_PENDING_KILLS 64
+
+struct board {
+    _Atomic int idle;              /* supervisors counted idle */
+    _Atomic int served;            /* a run has ended: runs come in turn */
+    _Atomic int kills_waiting;     /* pending[] has been used */
+    _Atomic uint32_t pending[MAX_PENDING_KILLS]; /* tree kills for untaken runs */
+    struct {
+        _Atomic uint32_t run_id;   /* the run served, 0 when none */
+        _Atomic int counted;       /* included in idle */
+    } slot[MAX_SUPS];
+};
+static struct board *board;
+static int doorbell = -1;          /* eventfd, init reads it */
+static int my_slot = -1;           /* in a supervisor: its place on the board */
 
 struct sup_msg {
     uint32_t kind;
@@ -1243,16 +1268,57 @@ static void wait_fd_or_init(int fd, int sock, short *fd_ev, short *sock_ev)
     *sock_ev = pfd[1].revents;
 }
 
-static void send_notice(int sock, uint32_t kind, uint32_t run_id)
+/* init's doorbell: it looks at the board when it wakes */
+static void ring_doorbell(void)
 {
-    struct sup_msg m = { kind, run_id, 0, 0 };
-    if (send(sock, &m, sizeof m, MSG_NOSIGNAL) != (ssize_t)sizeof m)
-        _exit(0); /* init is gone */
+    uint64_t one = 1;
+    while (write(doorbell, &one, sizeof one) < 0 && errno == EINTR)
+        ;
+}
+
+/* In a supervisor that has taken a request (run_id 0: an unusable one):
+ * off the idle count (the last idle one rings: init watches the queue from
+ * now on), onto its slot.  Returns 1 when a tree kill waits for this run. */
+static int sup_board_take(uint32_t run_id)
+{
+    /* the count first: dying in between leaves it low, never high (a
+     * high count would leave a queued request waiting for a supervisor
+     * that is not there) */
+    int left = atomic_fetch_sub(&board->idle, 1) - 1;
+    atomic_store(&board->slot[my_slot].counted, 0);
+    atomic_store(&board->slot[my_slot].run_id, run_id);
+    if (left <= 0)
+        ring_doorbell();
+    /* (after the store above: init stores a pending kill, then looks for
+     * the run in the slots; one of the two sees the other) */
+    if (run_id == 0 || !atomic_load(&board->kills_waiting))
+        return 0;
+    for (int i = 0; i < MAX_PENDING_KILLS; i++) {
+        uint32_t want = run_id;
+        if (atomic_load(&board->pending[i]) == run_id &&
+            atomic_compare_exchange_strong(&board->pending[i], &want, 0))
+            return 1;
+    }
+    return 0;
+}
+
+/* The run is over: back on the idle count (the first one back rings), or
+ * gone when enough are idle. */
+static void sup_board_done(void)
+{
+    atomic_store(&board->slot[my_slot].run_id, 0);
+    atomic_store(&board->served, 1);
+    if (atomic_load(&board->idle) >= MAX_IDLE_SUPS)
+        _exit(0); /* not counted: init reaps it and frees the slot */
+    atomic_store(&board->slot[my_slot].counted, 1);
+    if (atomic_fetch_add(&board->idle, 1) <= 0)
+        ring_doorbell();
 }
 
 /* Serve one run.  Returns when the command and everything it left are
  * gone (or have been killed).  `events`: a signalfd for SIGCHLD. */
-static void serve_run(struct run_request *r, int children, int sock, int events)
+static void serve_run(struct run_request *r, int children, int sock, int events,
+                      int kill_waiting)
 {
     struct exec_status st = { 0, 0, -1 };
     pid_t cmd;
@@ -1283,6 +1349,11 @@ static void serve_run(struct run_request *r, int children, int sock, int events)
     /* run() does not need the pid before the exit: one wakeup less */
     if (!(r->h.flags & PS_RUN_QUIET_SPAWN))
         send_simple(r->chan, PS_REC_SPAWNED, 0, 0, -1, cmd);
+    if (kill_waiting) {
+        /* its tree kill came before it was taken */
+        kill_tree(children, cmd, &cmd_reaped, r->chan);
+        return;
+    }
 
     for (;;) {
         short ev_events, ev_sock;
@@ -1290,8 +1361,7 @@ static void serve_run(struct run_request *r, int children, int sock, int events)
         if (ev_sock & POLLIN) {
             struct sup_msg m;
             while (recv(sock, &m, sizeof m, MSG_DONTWAIT) == (ssize_t)sizeof m) {
-                /* a late request for the last run, or a retire that
-                 * crossed this run's "took": ignored */
+                /* a late request for the last run: ignored */
                 if (m.kind != SUP_SIGNAL || m.run_id != r->h.run_id)
                     continue;
                 if (m.what == SIGREQ_TREE) {
@@ -1529,33 +1599,27 @@ static void supervisor_serve(int sock, struct sup_setup *su, int children)
         int fds[4 + PS_MAX_CGROUP_FDS], n_fds = 0;
         struct run_request r;
         short ev_queue, ev_sock;
-        int retire = 0;
         wait_for_request(ep, sock, &ev_queue, &ev_sock);
         if (ev_sock & POLLIN) {
+            /* a late signal request for a run already over: dropped */
             struct sup_msg m;
-            while (recv(sock, &m, sizeof m, MSG_DONTWAIT) == (ssize_t)sizeof m)
-                if (m.kind == SUP_RETIRE)
-                    retire = 1;
+            while (recv(sock, &m, sizeof m, MSG_DONTWAIT) > 0)
+                ;
         }
-        if (!(ev_queue & POLLIN) && !retire)
+        if (!(ev_queue & POLLIN))
             continue;
-        /* (retiring: a request whose wakeup came here is served first; an
-         * exclusive wakeup is not given to another supervisor) */
         ssize_t n = take_request(buf, PS_MAX_REQUEST + 1, fds, &n_fds);
         if (n == -3)
             _exit(0); /* the sandbox is closing (else poll() would say so again and again) */
-        if (n == -1) {
-            if (retire)
-                _exit(0); /* idle, holding nothing: init has enough */
+        if (n == -1)
             continue; /* another supervisor took it */
-        }
         memset(&r, 0, sizeof r);
         uint32_t run_id = 0;
         int err = n == -2 ? EMSGSIZE : EINVAL;
         if (n >= 0 && n_fds >= 4 && parse_request(buf, (size_t)n, &r) == 0 &&
             r.h.type == PS_REQ_RUN)
             run_id = r.h.run_id;
-        send_notice(sock, SUP_TOOK, run_id);
+        int kill_waiting = sup_board_take(run_id);
         if (run_id == 0 || cap_err) {
             if (n_fds >= 1)
                 send_simple(fds[0], PS_REC_SPAWN_FAILED,
@@ -1570,47 +1634,63 @@ static void supervisor_serve(int sock, struct sup_setup *su, int children)
             r.err = fds[3];
             r.n_cgroup_fds = n_fds - 4;
             memcpy(r.cgroup_fds, fds + 4, sizeof(int) * (size_t)r.n_cgroup_fds);
-            serve_run(&r, children, sock, events);
+            serve_run(&r, children, sock, events, kill_waiting);
             close(r.chan);
         }
         free(r.argv);
         free(r.envp);
-        send_notice(sock, SUP_IDLE, 0);
+        sup_board_done();
     }
 }
 
-/* init's view of its supervisors */
-enum { SUP_STATE_IDLE, SUP_STATE_BUSY, SUP_STATE_RETIRING };
+/* init's view of its supervisors: what each does is on the board */
 struct sup {
     pid_t pid;
     int sock;           /* init's end of the supervisor's socketpair */
-    int state;
-    uint32_t run_id;    /* when busy */
+    int slot;           /* on the board */
     struct sup *next;
 };
 static struct sup *sups;
-static int n_idle_sups;
 static int sup_count;
+static unsigned char slot_used[MAX_SUPS];
 
-/* tree kills asked for runs that no supervisor had taken yet */
-static uint32_t pending_kills[MAX_PENDING_KILLS];
-static unsigned n_pending_kills;
+/* where init stores the next tree kill for an untaken run (the oldest
+ * goes when all are in use) */
+static unsigned next_pending;
+
+static int take_slot(void)
+{
+    for (int i = 0; i < MAX_SUPS; i++) {
+        if (!slot_used[i]) {
+            slot_used[i] = 1;
+            return i;
+        }
+    }
+    return -1;
+}
 
 /* Fork a supervisor; `early`: the first one, forked before the plan is read
- * (see early_supervisor_main). */
+ * (see early_supervisor_main).  It starts counted idle. */
 static int make_supervisor_as(const struct early_sup *early)
 {
     int sv[2];
     pid_t p;
-    struct sup *s = malloc(sizeof *s);
-    if (!s)
-        return -1;
-    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0) {
-        free(s);
+    int slot = take_slot();
+    if (slot < 0) {
+        errno = EAGAIN;
         return -1;
     }
+    struct sup *s = malloc(sizeof *s);
+    if (!s)
+        goto fail;
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0)
+        goto fail;
+    atomic_store(&board->slot[slot].run_id, 0);
+    atomic_store(&board->slot[slot].counted, 1);
+    atomic_fetch_add(&board->idle, 1);
     p = fork();
     if (p == 0) {
+        my_slot = slot;
         close(sv[0]);
         for (struct sup *o = sups; o; o = o->next)
             close(o->sock);
@@ -1621,20 +1701,25 @@ static int make_supervisor_as(const struct early_sup *early)
     close(sv[1]);
     if (p < 0) {
         int saved = errno;
+        atomic_store(&board->slot[slot].counted, 0);
+        atomic_fetch_sub(&board->idle, 1);
         close(sv[0]);
-        free(s);
         errno = saved;
-        return -1;
+        goto fail;
     }
     s->pid = p;
     s->sock = sv[0];
-    s->state = SUP_STATE_IDLE;
-    s->run_id = 0;
+    s->slot = slot;
     s->next = sups;
     sups = s;
-    n_idle_sups++;
     sup_count++;
     return 0;
+fail:;
+    int saved = errno;
+    free(s);
+    slot_used[slot] = 0;
+    errno = saved;
+    return -1;
 }
 
 static int make_supervisor(void)
@@ -1731,15 +1816,17 @@ static int is_supervisor(pid_t pid)
     return find_sup(pid) != NULL;
 }
 
-/* a supervisor is gone (reaped): forget it */
+/* a supervisor is gone (reaped): forget it, and its place on the board */
 static void drop_sup(pid_t pid)
 {
     for (struct sup **p = &sups; *p; p = &(*p)->next) {
         if ((*p)->pid == pid) {
             struct sup *dead = *p;
             *p = dead->next;
-            if (dead->state == SUP_STATE_IDLE)
-                n_idle_sups--;
+            if (atomic_exchange(&board->slot[dead->slot].counted, 0))
+                atomic_fetch_sub(&board->idle, 1);
+            atomic_store(&board->slot[dead->slot].run_id, 0);
+            slot_used[dead->slot] = 0;
             sup_count--;
             close(dead->sock);
             free(dead);
@@ -1748,45 +1835,45 @@ static void drop_sup(pid_t pid)
     }
 }
 
+static int sup_busy(const struct sup *s)
+{
+    return atomic_load(&board->slot[s->slot].run_id) != 0;
+}
+
 static void send_to_sup(struct sup *s, uint32_t kind, uint32_t run_id, uint32_t what)
 {
     struct sup_msg m = { kind, run_id, what, 0 };
     send(s->sock, &m, sizeof m, MSG_NOSIGNAL | MSG_DONTWAIT);
 }
 
-static int take_pending_kill(uint32_t run_id)
+/* Send a signal request to the supervisor serving run_id; 0: none does. */
+static int signal_run(uint32_t run_id, uint32_t what)
 {
-    for (unsigned i = 0; i < n_pending_kills; i++) {
-        if (pending_kills[i] == run_id) {
-            pending_kills[i] = pending_kills[--n_pending_kills];
-            return 1;
+    int found = 0;
+    for (struct sup *s = sups; s; s = s->next) {
+        if (atomic_load(&board->slot[s->slot].run_id) == run_id) {
+            found = 1;
+            send_to_sup(s, SUP_SIGNAL, run_id, what);
         }
     }
-    return 0;
+    return found;
 }
 
-static void read_notices(struct sup *s)
+/* A tree kill for a run no supervisor serves: left on the board for the
+ * supervisor that takes it (sup_board_take), unless one took it meanwhile. */
+static void leave_tree_kill(uint32_t run_id)
 {
-    struct sup_msg m;
-    while (recv(s->sock, &m, sizeof m, MSG_DONTWAIT) == (ssize_t)sizeof m) {
-        if (m.kind == SUP_TOOK) {
-            if (s->state == SUP_STATE_IDLE)
-                n_idle_sups--;
-            s->state = SUP_STATE_BUSY;
-            s->run_id = m.run_id;
-            if (m.run_id && take_pending_kill(m.run_id))
-                send_to_sup(s, SUP_SIGNAL, m.run_id, SIGREQ_TREE);
-        } else if (m.kind == SUP_IDLE && s->state == SUP_STATE_BUSY) {
-            s->run_id = 0;
-            if (n_idle_sups >= MAX_IDLE_SUPS) {
-                /* a burst is over: it may go (it only acts on this while
-                 * idle and holding no request) */
-                s->state = SUP_STATE_RETIRING;
-                send_to_sup(s, SUP_RETIRE, 0, 0);
-            } else {
-                s->state = SUP_STATE_IDLE;
-                n_idle_sups++;
-            }
+    unsigned i = next_pending++ % MAX_PENDING_KILLS;
+    atomic_store(&board->pending[i], run_id);
+    atomic_store(&board->kills_waiting, 1);
+    /* (after the stores: see sup_board_take) */
+    uint32_t want = run_id;
+    for (struct sup *s = sups; s; s = s->next) {
+        if (atomic_load(&board->slot[s->slot].run_id) == run_id) {
+            /* taken meanwhile: whoever clears the entry delivers it */
+            if (atomic_compare_exchange_strong(&board->pending[i], &want, 0))
+                send_to_sup(s, SUP_SIGNAL, run_id, SIGREQ_TREE);
+            return;
         }
     }
 }
@@ -1820,22 +1907,12 @@ static void handle_request(void)
     }
     memset(&r, 0, sizeof r);
     if (parse_request(buf, (size_t)n, &r) == 0 && r.h.type == PS_REQ_SIGNAL) {
-        int found = 0, tree = (r.h.flags & PS_SIGNAL_TREE) != 0;
-        for (struct sup *s = sups; s; s = s->next) {
-            if (s->state == SUP_STATE_BUSY && s->run_id == r.h.run_id) {
-                found = 1;
-                send_to_sup(s, SUP_SIGNAL, r.h.run_id, tree ? SIGREQ_TREE : r.h.sig);
-            }
-        }
-        if (!found && tree) {
+        int tree = (r.h.flags & PS_SIGNAL_TREE) != 0;
+        if (r.h.run_id != 0 && !signal_run(r.h.run_id, tree ? SIGREQ_TREE : r.h.sig) &&
+            tree) {
             /* not taken yet (delivered when it is), or its supervisor is
              * gone (kill what it left) */
-            if (n_pending_kills == MAX_PENDING_KILLS) { /* forget the oldest */
-                memmove(pending_kills, pending_kills + 1,
-                        sizeof pending_kills[0] * (MAX_PENDING_KILLS - 1));
-                n_pending_kills--;
-            }
-            pending_kills[n_pending_kills++] = r.h.run_id;
+            leave_tree_kill(r.h.run_id);
             sweep_unowned();
         }
     }
@@ -1907,11 +1984,12 @@ static void reap_orphans(int sfd)
             continue;
         }
         if (s) {
-            read_notices(s); /* its last words (a "took" may be among them) */
-            if (s->state == SUP_STATE_BUSY && WIFSIGNALED(status))
-                sweep = 1;
-            if (s->state != SUP_STATE_BUSY && WIFSIGNALED(status))
-                lost_idle = 1;
+            if (WIFSIGNALED(status)) {
+                if (sup_busy(s))
+                    sweep = 1;
+                else
+                    lost_idle = 1;
+            }
             drop_sup(w);
         }
     }
@@ -1920,7 +1998,7 @@ static void reap_orphans(int sfd)
     /* an idle supervisor killed after a request's wakeup went to it (one
      * idle supervisor is woken per request) leaves that request queued with
      * the others asleep: a new supervisor sees it as soon as it waits */
-    if (lost_idle && n_idle_sups > 0 && request_waiting())
+    if (lost_idle && atomic_load(&board->idle) > 0 && request_waiting())
         make_supervisor();
 }
 
@@ -1947,6 +2025,13 @@ int main(int argc, char **argv)
      * kernel without time namespaces: none) */
     if (unshare(CLONE_NEWTIME) < 0 && errno != EINVAL) {
         send_simple(CTRL_FD, PS_REC_SETUP_FAILED, PS_STEP_TIME_NS, errno, -1, 0);
+        _exit(1);
+    }
+    /* the supervisors' board and init's doorbell, before any is forked */
+    board = mmap(NULL, sizeof *board, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (board == MAP_FAILED ||
+        (doorbell = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) < 0) {
+        send_simple(CTRL_FD, PS_REC_SETUP_FAILED, PS_STEP_BOARD, errno, -1, 0);
         _exit(1);
     }
     /* the first supervisor, working while the plan is read and built */
@@ -2008,30 +2093,27 @@ int main(int argc, char **argv)
 
     for (;;) {
         /* supervisors are forked on demand: when a run request waits and
-         * none is idle (sequential runs reuse the same one; a one-shot
-         * sandbox forks exactly one) */
-        /* (more than MAX_POLLED_SUPS concurrent runs: the rest of the
-         * notices wait for a later turn of the loop) */
-        static struct pollfd pfd[3 + MAX_POLLED_SUPS];
-        static struct sup *owner[3 + MAX_POLLED_SUPS];
-        int n = 0, max = 3 + MAX_POLLED_SUPS;
-        pfd[n++] = (struct pollfd){ .fd = CTRL_FD, .events = POLLIN };
-        pfd[n++] = (struct pollfd){ .fd = sfd, .events = POLLIN };
-        pfd[n++] = (struct pollfd){ .fd = n_idle_sups > 0 || runq_ended ? -1 : RUNQ_FD,
-                                    .events = POLLIN };
-        for (struct sup *s = sups; s && n < max; s = s->next) {
-            owner[n] = s;
-            pfd[n++] = (struct pollfd){ .fd = s->sock, .events = POLLIN };
-        }
-        if (poll(pfd, (nfds_t)n, -1) > 0) {
-            /* notices first: a signal request may be for a run just taken */
-            for (int k = 3; k < n; k++)
-                if (pfd[k].revents & POLLIN)
-                    read_notices(owner[k]);
+         * none is idle (a one-shot sandbox forks none but the first), and
+         * one in reserve when runs come in turn: a run then takes and gives
+         * back an idle place without waking init */
+        int idle = atomic_load(&board->idle);
+        struct pollfd pfd[4] = {
+            { .fd = CTRL_FD, .events = POLLIN },
+            { .fd = sfd, .events = POLLIN },
+            { .fd = idle > 0 || runq_ended ? -1 : RUNQ_FD, .events = POLLIN },
+            { .fd = doorbell, .events = POLLIN },
+        };
+        if (poll(pfd, 4, -1) > 0) {
+            if (pfd[3].revents & POLLIN) {
+                uint64_t rings;
+                if (read(doorbell, &rings, sizeof rings) < 0) { /* (EAGAIN: read already) */ }
+                if (atomic_load(&board->idle) <= 0 && atomic_load(&board->served))
+                    make_supervisor(); /* the spare (failing: forked on demand) */
+            }
             if (pfd[1].revents)
                 reap_orphans(sfd);
-            if ((pfd[2].revents & POLLIN) && n_idle_sups == 0 && request_waiting() &&
-                make_supervisor() < 0)
+            if ((pfd[2].revents & POLLIN) && atomic_load(&board->idle) <= 0 &&
+                request_waiting() && make_supervisor() < 0)
                 fail_queued_run(errno ? errno : EAGAIN);
             if (pfd[0].revents & (POLLIN | POLLHUP | POLLERR))
                 handle_request();

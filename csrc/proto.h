@@ -34,6 +34,7 @@ enum ps_step {
     PS_STEP_TIME_NS = 23,
     PS_STEP_SIGNALS = 24,
     PS_STEP_NETNS = 25,
+    PS_STEP_BOARD = 26,
     /* init and supervisor, starting a command */
     PS_STEP_FORK = 30,
     PS_STEP_STDIO = 31,

@@ -31,6 +31,7 @@ STEP_NAMES = {
     23: "unshare time namespace",
     24: "signalfd",
     25: "make the network namespace",
+    26: "share the supervisors' board",
     30: "fork",
     31: "set up stdio",
     32: "set uid/gid",

@@ -764,6 +764,23 @@ def test_a_request_wakes_one_idle_supervisor_not_all():
     assert all(g < n // 3 for g in grown[:-1]), grown
 
 
+def test_runs_in_turn_do_not_wake_init():
+    # a supervisor takes and gives back its place on the board without
+    # telling init, once a spare waits beside it (made when the second run
+    # took the last idle place); init wakes only when none is idle
+    with pysandbox.Sandbox() as s:
+        for _ in range(3):
+            s.run(["true"])
+        time.sleep(0.1)   # the spare is up
+        before = _sleeps(s.pid)
+        n = 50
+        for _ in range(n):
+            assert s.run(["true"]).returncode == 0
+        woken = _sleeps(s.pid) - before
+    # (a notice per take and per end of a run woke it twice a run)
+    assert woken < 5, woken
+
+
 def test_timeout_zero_kills_a_run_not_yet_taken():
     # the kill can reach init before any supervisor has taken the request
     with pysandbox.Sandbox() as s:
@@ -774,6 +791,23 @@ def test_timeout_zero_kills_a_run_not_yet_taken():
             assert time.monotonic() - t < 4   # no wait for the kill grace
         ps = s.run(["ps", "-e", "-o", "comm="], capture_output=True, text=True).stdout.split()
         assert "sleep" not in ps
+
+
+def test_timeout_zero_kills_a_run_queued_behind_a_busy_sandbox():
+    # the only supervisor is busy: the request waits for the one init forks
+    # for it, and its kill reaches init first (left on the supervisors'
+    # board for whichever takes the run)
+    for _ in range(5):
+        with pysandbox.Sandbox() as s:
+            busy = s.popen(["sleep", "30"])
+            t = time.monotonic()
+            with pytest.raises(pysandbox.TimeoutExpired):
+                s.run(["sleep", "31"], timeout=0)
+            assert time.monotonic() - t < 4   # no wait for the kill grace
+            ps = s.run(["ps", "-e", "-o", "args="], capture_output=True, text=True).stdout
+            assert "sleep 31" not in ps and "sleep 30" in ps, ps
+            busy.kill()
+            busy.wait()
 
 
 def test_command_cannot_exhaust_the_signal_path_of_its_timeout():
@@ -798,7 +832,7 @@ def test_command_cannot_exhaust_the_signal_path_of_its_timeout():
 def test_idle_supervisors_retire_after_a_burst():
     with pysandbox.Sandbox() as s:
         _burst(s, 8)
-        for _ in range(3):   # notices are read as runs go by
+        for _ in range(3):   # the extra ones leave as their runs end
             s.run(["true"])
         ps = s.run(["ps", "-e", "-o", "comm="], capture_output=True, text=True).stdout.split()
         assert ps.count("pysandbox-run") <= 3, ps   # at most 2 idle + the one running ps
