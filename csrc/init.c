@@ -390,7 +390,7 @@ static int parent_cached(const char *parent)
 }
 
 static int resolve_in_root(int root, const char *path, int create, int want_file,
-                           int *step, mode_t mode, int *created);
+                           int *step, mode_t mode, const char **created);
 
 /* A directory fd for `parent` (relative to root; created if missing),
  * owned by the cache.  Returns -1 with errno and *step. */
@@ -418,12 +418,14 @@ static int parent_dir(int root, const char *parent, int *step)
 
 /* Resolve `path` (absolute, inside) below root, creating what is missing:
  * directories, and the last component as a file when want_file.  Symlinks
- * and ".." cannot leave the root (RESOLVE_IN_ROOT); an entry this call
- * creates is opened with O_NOFOLLOW in the directory it was made in.
- * Returns an O_PATH fd; *created (when not NULL) says whether the target
- * was made here, in the directory parent_cache holds. */
+ * and ".." cannot leave the root (RESOLVE_IN_ROOT).  Returns an O_PATH fd
+ * of the target; or, when the target is made here and `created` is not
+ * NULL, the directory it was made in (parent_cache's fd: not to be closed)
+ * with *created set to its name (within path), so that the caller uses it
+ * by name without opening it (an entry this call makes is nothing but
+ * what it made: no symlink to follow).  Else *created is NULL. */
 static int resolve_in_root(int root, const char *path, int create, int want_file,
-                           int *step, mode_t mode, int *created)
+                           int *step, mode_t mode, const char **created)
 {
     struct open_how how;
     char rel[4096]; /* one path buffer per level: the recursion (a level per
@@ -432,7 +434,7 @@ static int resolve_in_root(int root, const char *path, int create, int want_file
     int fd, dir, rc, cached;
 
     if (created)
-        *created = 0;
+        *created = NULL;
     while (*path == '/')
         path++;
     if (!*path) {
@@ -485,11 +487,13 @@ static int resolve_in_root(int root, const char *path, int create, int want_file
         rc = mkdirat(dir, base, mode);
     }
     if (rc >= 0) {
+        if (created) {
+            *created = path + (base - rel);
+            return dir;
+        }
         fd = openat(dir, base, O_PATH | O_NOFOLLOW | O_CLOEXEC);
         if (fd < 0)
             *step = PS_STEP_RESOLVE_TARGET;
-        else if (created)
-            *created = 1;
         return fd;
     }
     if (errno != EEXIST) {
@@ -579,9 +583,13 @@ static int run_op(int root, struct op *o, int *step)
         break;
     }
 
-    int created;
+    /* a target made here is mounted on by name in its directory (one open
+     * and close less a mount); bind-self and remount need it open */
+    const char *made = NULL;
+    int by_name = o->kind != PS_OP_BIND_SELF && o->kind != PS_OP_REMOUNT_RO;
     target = resolve_in_root(root, o->dst, !(o->flags & PS_F_NO_CREATE), want_file,
-                             step, o->mode ? (mode_t)o->mode : 0755, &created);
+                             step, o->mode ? (mode_t)o->mode : 0755,
+                             by_name ? &made : NULL);
     if (target < 0) {
         if (errno == ENOENT && (o->flags & PS_F_NO_CREATE))
             return 0;
@@ -589,12 +597,13 @@ static int run_op(int root, struct op *o, int *step)
     }
     /* a mount anywhere but on a target just made in the cached directory
      * may cover that directory: forget it */
-    if (!created && o->kind != PS_OP_MKDIR && o->kind != PS_OP_REMOUNT_RO)
+    if (!made && o->kind != PS_OP_MKDIR && o->kind != PS_OP_REMOUNT_RO)
         drop_parent_cache();
 
     switch (o->kind) {
     case PS_OP_MKDIR:
-        close(target);
+        if (!made)
+            close(target);
         return 0;
     case PS_OP_REMOUNT_RO:
         rc = mount_setattr(target, "", AT_EMPTY_PATH,
@@ -637,17 +646,22 @@ static int run_op(int root, struct op *o, int *step)
         errno = EINVAL;
         break;
     }
-    if (mnt < 0 || attach(mnt, target) < 0) {
+    if (mnt >= 0)
+        rc = made ? move_mount(mnt, "", target, made, MOVE_MOUNT_F_EMPTY_PATH)
+                  : attach(mnt, target);
+    if (mnt < 0 || rc < 0) {
         int saved = errno;
         if (mnt >= 0)
             close(mnt);
-        close(target);
+        if (!made)
+            close(target);
         errno = saved;
         *step = PS_STEP_MOUNT;
         return -1;
     }
     close(mnt);
-    close(target);
+    if (!made)
+        close(target);
     return 0;
 }
 
