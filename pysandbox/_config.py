@@ -200,7 +200,8 @@ class SandboxConfig:
         for m in mounts:
             if not isinstance(m, (Bind, Tmpfs)):
                 raise TypeError(f"mounts takes Bind and Tmpfs, not {type(m).__name__}")
-            if isinstance(m, Bind) and not os.path.exists(m.source):
+            # (access: no stat result to build; follows symlinks as exists() does)
+            if isinstance(m, Bind) and not os.access(m.source, os.F_OK):
                 raise FileNotFoundError(2, "bind source does not exist", m.source)
         if not isinstance(read_only, bool):
             raise TypeError("read_only must be a bool")

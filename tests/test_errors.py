@@ -64,8 +64,11 @@ def test_rootfs_is_a_file(tmp_path, unchanged, no_leaks):
     assert ei.value.filename == str(f)
 
 
-def test_missing_bind_source(tmp_path, rootfs, unchanged, no_leaks):
+@pytest.mark.parametrize("kind", ["absent", "dangling-symlink"])
+def test_missing_bind_source(tmp_path, rootfs, unchanged, no_leaks, kind):
     missing = str(tmp_path / "no-such-source")
+    if kind == "dangling-symlink":
+        os.symlink(tmp_path / "nowhere", missing)
     with pytest.raises(FileNotFoundError) as ei:
         Sandbox(rootfs, mounts=[Bind(missing, "/mnt/x")])
     assert ei.value.filename == missing
