@@ -4,7 +4,7 @@
  * the control socket on fd 3.  It reads the plan, builds the root, enters it,
  * and then serves run requests: each run gets a supervisor (a fork of init,
  * subreaper of everything the command starts) that execs the command and
- * reports its pid and its exit status on a per-run channel.
+ * reports its pid and its exit status on a per-run pipe.
  *
  * Init never formats a message: a failure is a (step, errno, index) record.
  * Init exits when the control socket closes; the kernel then kills every
@@ -51,11 +51,15 @@
 /* ------------------------------------------------------------------ */
 /* records                                                             */
 
+/* To Python: on the control socket, or on a run's record pipe (one write
+ * of less than PIPE_BUF: whole or not at all).  SIGPIPE is blocked in init
+ * and its supervisors (a reader gone is EPIPE here); commands start with
+ * no signal blocked. */
 static void send_record(int fd, const struct ps_record *r)
 {
     ssize_t n;
     do {
-        n = send(fd, r, sizeof *r, MSG_NOSIGNAL);
+        n = write(fd, r, sizeof *r);
     } while (n < 0 && errno == EINTR);
 }
 
@@ -90,7 +94,7 @@ static void collect_fds(struct msghdr *msg, int *fds, int max_fds, int *n_fds)
     }
 }
 
-/* Room for the fds of a run request (channel, stdio, cgroup.procs files). */
+/* Room for the fds of a run request (record pipe, stdio, cgroup.procs files). */
 union request_cbuf {
     struct cmsghdr h;
     char b[CMSG_SPACE(sizeof(int) * (4 + PS_MAX_CGROUP_FDS))];
@@ -1198,7 +1202,7 @@ static int parse_request(char *buf, size_t size, struct run_request *r)
 /*
  * A supervisor is a fork of init that serves runs, one at a time: it waits
  * on the run queue (fd 4, where Python sends run requests), takes one,
- * vforks and execs the command, reports the exit on the run's channel,
+ * vforks and execs the command, reports the exit on the run's record pipe,
  * reaps what the command left (it is their subreaper), and then goes back
  * to the queue.  Init forks supervisors on demand (a request waits and none
  * is idle) and keeps one in reserve once runs come one after another; a
@@ -2030,6 +2034,7 @@ int main(int argc, char **argv)
     /* (signals Python ignored were set back to default before the exec) */
     sigemptyset(&mask);
     sigaddset(&mask, SIGCHLD);
+    sigaddset(&mask, SIGPIPE);
     sigprocmask(SIG_SETMASK, &mask, NULL);
     prctl(PR_SET_DUMPABLE, 0);
     umask(0); /* modes in the plan are exact; commands get 022 */

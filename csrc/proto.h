@@ -131,7 +131,7 @@ struct ps_op_hdr {
 
 /* Requests from Python to init on the control socket. */
 enum ps_request_type {
-    PS_REQ_RUN = 1,     /* on the run queue; SCM_RIGHTS: channel, stdin, stdout,
+    PS_REQ_RUN = 1,     /* on the run queue; SCM_RIGHTS: record pipe, stdin, stdout,
                            stderr, then up to PS_MAX_CGROUP_FDS cgroup.procs files
                            the command joins ("0") before anything else */
     PS_REQ_SIGNAL = 2,  /* run_id, sig; flag PS_SIGNAL_TREE: kill the whole tree */
@@ -170,7 +170,7 @@ struct ps_rlimit {
 /* init's fds: the control socket (plan, signals, parent death) and the run
  * queue (run requests, read by the spare supervisor) */
 #define PS_MAX_CGROUP_FDS 8
-/* fds on one request: channel, stdin, stdout, stderr, cgroup.procs files */
+/* fds on one request: record pipe, stdin, stdout, stderr, cgroup.procs files */
 #define PS_MAX_SEND_FDS (4 + PS_MAX_CGROUP_FDS)
 #define PS_MAX_REQUEST (256 * 1024)   /* bytes of one run request, at most */
 #define PS_CTRL_FD 3

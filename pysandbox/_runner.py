@@ -3,7 +3,6 @@
 Mirrors subprocess.run / subprocess.Popen where the APIs overlap."""
 from __future__ import annotations
 
-import _socket
 import errno
 import io
 import locale
@@ -12,7 +11,6 @@ import os
 import resource
 import select
 import signal
-import socket
 import struct
 import subprocess
 import time
@@ -110,7 +108,7 @@ class SandboxProcess:
         self.returncode = None
         self.stdin = self.stdout = self.stderr = None
         self._sandbox = sandbox
-        self._chan = None
+        self._chan = None      # read end of the run's record pipe (an fd)
         self._rusage = None
         self._exit_time = None
         self.timed_out = False
@@ -148,8 +146,11 @@ class SandboxProcess:
             else:
                 p2c, c2p, errwrite = self._child_fds(stdin, stdout, stderr, to_close,
                                                      parent_ends, bufsize)
-            chan, chan_child = _socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-            to_close.append(chan_child.detach())
+            # the run's records come back on a pipe (its write end goes to
+            # the supervisor; EOF: the supervisor is gone): cheaper to make
+            # and to pass than a socketpair
+            chan, chan_child = os.pipe2(os.O_CLOEXEC)
+            to_close.append(chan_child)
             self._chan = chan
             self.run_id = sandbox._next_run_id()
             flags = ((RUN_SETID if ids is not None else 0) | sandbox._run_flags
@@ -201,8 +202,7 @@ class SandboxProcess:
                     os.close(fd) if isinstance(fd, int) else fd.close()
                 except OSError:
                     pass
-            if self._chan is not None:
-                self._chan.close()
+            self._close_chan()
             raise
         finally:
             for fd in to_close:
@@ -231,13 +231,13 @@ class SandboxProcess:
             return
         if rec is None and self.pid is None and self._sandbox.closed:
             self._close_streams()
-            self._chan.close()
+            self._close_chan()
             raise SandboxError("the sandbox was closed")
         # rec None with the sandbox open: the run's supervisor was killed
         # from inside, and init killed the run's processes with it (-9)
         if rec is not None and rec[0] == REC_SPAWN_FAILED:
             self._close_streams()
-            self._chan.close()
+            self._close_chan()
             raise exec_error(rec[1], rec[2], self._argv0, self._cwd,
                              self._rlimit_name(rec[3]))
         if rec is not None and self.pid is None:
@@ -321,15 +321,26 @@ class SandboxProcess:
 
     # -- the channel -------------------------------------------------------
     def _recv(self, block):
+        """The next record; None at EOF (the supervisor is gone), False when
+        none is there yet and `block` is false.  Records are written whole
+        (56 bytes, under PIPE_BUF) and read one at a time."""
+        chan = self._chan
+        if chan is None:
+            return None
         try:
-            data = self._chan.recv(RECORD.size, 0 if block else socket.MSG_DONTWAIT)
-        except BlockingIOError:
-            return False
+            if not block and not select.select([chan], [], [], 0)[0]:
+                return False
+            data = os.read(chan, RECORD.size)
         except OSError:
             return None
         if len(data) != RECORD.size:
             return None
         return RECORD.unpack(data)
+
+    def _close_chan(self):
+        chan, self._chan = self._chan, None
+        if chan is not None:
+            os.close(chan)
 
     def _take_exit(self, rec):
         if rec is None:
@@ -341,7 +352,7 @@ class SandboxProcess:
             self.returncode = os.waitstatus_to_exitcode(status)
             self._rusage = (rec[6], rec[7], rec[8])
         self._exit_time = time.monotonic()
-        self._chan.close()
+        self._close_chan()
         if self._cg is not None:
             # figures at the command's exit; the cgroup goes now if the run
             # left nothing behind, else it stays so that a timeout or
@@ -388,7 +399,7 @@ class SandboxProcess:
             self._cg.kill()
 
     def _chan_open(self):
-        return self._chan is not None and self._chan.fileno() >= 0
+        return self._chan is not None
 
     def _release_cgroup(self):
         cg, self._cg = self._cg, None
@@ -405,9 +416,8 @@ class SandboxProcess:
         self._release_cgroup()
 
     def __del__(self):
-        chan = getattr(self, "_chan", None)
-        if chan is not None:
-            chan.close()
+        if getattr(self, "_chan", None) is not None:
+            self._close_chan()
         if getattr(self, "_cg", None) is not None:
             try:
                 self._release_cgroup()
@@ -470,7 +480,7 @@ class SandboxProcess:
             poller.register(fd, select.POLLIN)
         if writer is not None:
             poller.register(writer, select.POLLOUT)
-        chan_fd = self._chan.fileno() if self.returncode is None else None
+        chan_fd = self._chan if self.returncode is None else None
         if chan_fd is not None:
             poller.register(chan_fd, select.POLLIN)
         limit = None if max_output is None else max_output
