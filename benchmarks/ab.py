@@ -1,6 +1,6 @@
 """Interleaved A/B: this checkout against another revision, on a noisy VM.
 
-    python3 benchmarks/ab.py REV [--rounds N] [--modes cold,warm,pool,binds]
+    python3 benchmarks/ab.py REV [--rounds N] [--modes cold,warm,pool,binds,threads]
 
 Builds REV in a temporary git worktree (`setup.py build_ext --inplace`),
 then measures both versions in alternating child processes, N rounds, and
@@ -89,6 +89,15 @@ def child(tree, mode, bind_dir):
             for _ in range(100):
                 s.run(true)
             out["warm (same rootfs)"] = _median_us(lambda: s.run(true), 300)
+    elif mode == "threads":
+        # one sandbox shared by 8 threads: a batch of 48 runs, per run
+        from concurrent.futures import ThreadPoolExecutor
+        with pysandbox.Sandbox() as s, ThreadPoolExecutor(8) as ex:
+            def batch():
+                list(ex.map(lambda _: s.run(true), range(48)))
+            for _ in range(5):
+                batch()
+            out["8 threads, per run"] = _median_us(batch, 40) / 48
     elif mode == "binds":
         binds = [Bind(os.path.join(bind_dir, f"d{i}"), f"/mnt/b{i}") for i in range(100)]
         for _ in range(5):
