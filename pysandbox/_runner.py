@@ -78,6 +78,14 @@ def _argv(args):
     return out
 
 
+def _readable(fd, timeout):
+    """Whether fd has data (or EOF) within timeout seconds (poll: any fd
+    number, select() stops at 1023)."""
+    p = select.poll()
+    p.register(fd, select.POLLIN)
+    return bool(p.poll(math.ceil(timeout * 1000)))
+
+
 def _check_timeout(timeout):
     if timeout is None:
         return None
@@ -328,7 +336,7 @@ class SandboxProcess:
         if chan is None:
             return None
         try:
-            if not block and not select.select([chan], [], [], 0)[0]:
+            if not block and not _readable(chan, 0):
                 return False
             data = os.read(chan, RECORD.size)
         except OSError:
@@ -373,9 +381,7 @@ class SandboxProcess:
         deadline = None if timeout is None else time.monotonic() + timeout
         while self.returncode is None:
             if deadline is not None:
-                r, _, _ = select.select([self._chan], [], [],
-                                        max(0.0, deadline - time.monotonic()))
-                if not r:
+                if not _readable(self._chan, max(0.0, deadline - time.monotonic())):
                     raise subprocess.TimeoutExpired(self.args, timeout)
             self._handle_record(self._recv(block=True))
         return self.returncode
@@ -495,7 +501,8 @@ class SandboxProcess:
                 ms = max(1, math.ceil(left * 1000))
             for fd, ev in poller.poll(ms):
                 if fd == chan_fd:
-                    self._handle_record(self._recv(block=False))
+                    # (readable: a record or EOF is there)
+                    self._handle_record(self._recv(block=True))
                     if self.returncode is not None:
                         poller.unregister(chan_fd)
                         chan_fd = None

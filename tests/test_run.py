@@ -764,6 +764,30 @@ def test_a_request_wakes_one_idle_supervisor_not_all():
     assert all(g < n // 3 for g in grown[:-1]), grown
 
 
+def test_record_pipe_above_fd_1023(sb):
+    # a caller that holds many fds (a judge's server): the run's record pipe
+    # gets an fd number select() cannot take
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1200:
+        pytest.skip(f"RLIMIT_NOFILE hard limit {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
+    held = []
+    try:
+        held = [os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC) for _ in range(1100)]
+        r = sb.run(["echo", "hi"], capture_output=True, timeout=30)
+        assert (r.returncode, r.stdout) == (0, b"hi\n")
+        p = sb.popen(["sleep", "0.3"])
+        assert p.poll() is None
+        with pytest.raises(subprocess.TimeoutExpired):
+            p.wait(timeout=0.01)
+        assert p.wait(timeout=30) == 0
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
 def test_runs_in_turn_do_not_wake_init():
     # a supervisor takes and gives back its place on the board without
     # telling init, once a spare waits beside it (made when the second run
