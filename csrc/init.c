@@ -1063,18 +1063,28 @@ static int wait_status(const siginfo_t *si)
 }
 
 /* Reap what is ready (or block for one when `block`).  Returns -1 when the
- * supervisor has no child left.  The command's exit is sent before it is
- * reaped (waitid WNOWAIT gives status and rusage): the caller is waiting
- * for the record, not for the kernel to free the task. */
+ * supervisor has no child left.  At the command's exit (not blocking):
+ * reaped, and when it left nothing the supervisor back on the board, then
+ * the record sent: the caller's next request finds it idle. */
+static void sup_board_done(void);
+
 static int reap_children(pid_t cmd, int *cmd_reaped, int chan, int block)
 {
     if (!*cmd_reaped && !block) {
         siginfo_t si;
         struct rusage ru;
         memset(&si, 0, sizeof si);
-        if (syscall(SYS_waitid, P_PID, cmd, &si, WEXITED | WNOWAIT | WNOHANG | __WALL,
-                    &ru) == 0 && si.si_pid == cmd) {
+        if (syscall(SYS_waitid, P_PID, cmd, &si, WEXITED | WNOHANG | __WALL, &ru) == 0 &&
+            si.si_pid == cmd) {
             *cmd_reaped = 1;
+            /* the command left nothing (the usual end of a run): the
+             * supervisor is back on the board before the caller hears of
+             * the exit, so that its next request finds it idle */
+            siginfo_t more;
+            memset(&more, 0, sizeof more);
+            if (syscall(SYS_waitid, P_ALL, 0, &more, WEXITED | WNOHANG | WNOWAIT | __WALL,
+                        NULL) < 0 && errno == ECHILD)
+                sup_board_done();
             send_exit(chan, cmd, wait_status(&si), &ru);
         }
     }
@@ -1205,40 +1215,56 @@ static int parse_request(char *buf, size_t size, struct run_request *r)
  * vforks and execs the command, reports the exit on the run's record pipe,
  * reaps what the command left (it is their subreaper), and then goes back
  * to the queue.  Init forks supervisors on demand (a request waits and none
- * is idle) and keeps one in reserve once runs come one after another; a
- * supervisor that would be the third idle one leaves.
+ * is idle) and keeps one in reserve once runs come one after another
+ * (not under a pids limit: it would take a process from the commands).
  *
  * What a supervisor is doing is written on the board, a page init and
- * its supervisors share: the number of idle ones and, per supervisor, the
- * run it serves.  A run does not wake init: a supervisor rings init's
- * doorbell (an eventfd) only when it took the last idle place (init then
- * watches the queue itself, and keeps a spare) or gave the first one back.
- * Init reads the board to route a signal request to the run's supervisor
- * (over their private socketpair, which also brings the early supervisor
- * its set-up); a tree kill for a run no supervisor has taken yet waits on
- * the board, where the supervisor that takes the run finds it.  Commands
- * can reach none of this (no fd, no mapping: execve drops it).
+ * its supervisors share: per supervisor, whether it waits on the queue and
+ * the run it serves (the idle count is counted there, never kept apart, so
+ * that no death between two stores can make it drift).  A run does not wake
+ * init: a supervisor rings init's doorbell (an eventfd) only when it took
+ * the last idle place (init then watches the queue itself, and keeps a
+ * spare) or gave the first one back.  A supervisor that waits beyond
+ * MAX_IDLE_SUPS idle ones leaves after SURPLUS_IDLE_MS without a run: bursts
+ * keep their supervisors, a calm sandbox gets back to two.  Init reads the
+ * board to route a signal request to the run's supervisor (over their
+ * private socketpair, which also brings the early supervisor its set-up); a
+ * tree kill for a run no supervisor has taken yet waits on the board, where
+ * the supervisor that takes the run finds it.  Commands can reach none of
+ * this (no fd, no mapping: execve drops it).
  */
 
 enum { SUP_SIGNAL = 1, SUP_GO = 3, SUP_CONFIG = 4 }; /* init -> supervisor */
 #define SIGREQ_TREE 0xffffffffu                   /* "what": kill the tree */
 #define MAX_IDLE_SUPS 2
+#define SURPLUS_IDLE_MS 1000
 #define MAX_SUPS 4096          /* supervisors at once (board slots) */
 #define MAX_PENDING_KILLS 64
 
 struct board {
-    _Atomic int idle;              /* supervisors counted idle */
+    _Atomic int n_slots;           /* slots in use are below this (init's) */
     _Atomic int served;            /* a run has ended: runs come in turn */
     _Atomic int kills_waiting;     /* pending[] has been used */
     _Atomic uint32_t pending[MAX_PENDING_KILLS]; /* tree kills for untaken runs */
     struct {
         _Atomic uint32_t run_id;   /* the run served, 0 when none */
-        _Atomic int counted;       /* included in idle */
+        _Atomic int idle;          /* waiting on the queue */
     } slot[MAX_SUPS];
 };
+/* (shared between processes: only lock-free atomics work there) */
+_Static_assert(ATOMIC_INT_LOCK_FREE == 2, "lock-free atomic int");
 static struct board *board;
 static int doorbell = -1;          /* eventfd, init reads it */
 static int my_slot = -1;           /* in a supervisor: its place on the board */
+
+/* Supervisors waiting on the queue now. */
+static int idle_count(void)
+{
+    int n = atomic_load(&board->n_slots), idle = 0;
+    for (int i = 0; i < n; i++)
+        idle += atomic_load(&board->slot[i].idle);
+    return idle;
+}
 
 struct sup_msg {
     uint32_t kind;
@@ -1295,19 +1321,21 @@ static void ring_doorbell(void)
 }
 
 /* In a supervisor that has taken a request (run_id 0: an unusable one):
- * off the idle count (the last idle one rings: init watches the queue from
- * now on), onto its slot.  Returns 1 when a tree kill waits for this run. */
+ * off the idle places (the last one to go rings: init watches the queue
+ * from now on), onto its run.  Returns 1 when a tree kill waits for it. */
+static uint32_t my_run;    /* in a supervisor: the run it took */
+static int my_run_open;    /* ...and it is not back on the board yet */
+
 static int sup_board_take(uint32_t run_id)
 {
-    /* the count first: dying in between leaves it low, never high (a
-     * high count would leave a queued request waiting for a supervisor
-     * that is not there) */
-    int left = atomic_fetch_sub(&board->idle, 1) - 1;
-    atomic_store(&board->slot[my_slot].counted, 0);
+    my_run = run_id;
+    my_run_open = 1;
     atomic_store(&board->slot[my_slot].run_id, run_id);
-    if (left <= 0)
+    atomic_store(&board->slot[my_slot].idle, 0);
+    /* (two taking at once: the later of the two sees both places gone) */
+    if (idle_count() == 0)
         ring_doorbell();
-    /* (after the store above: init stores a pending kill, then looks for
+    /* (after the run_id store: init stores a pending kill, then looks for
      * the run in the slots; one of the two sees the other) */
     if (run_id == 0 || !atomic_load(&board->kills_waiting))
         return 0;
@@ -1320,17 +1348,30 @@ static int sup_board_take(uint32_t run_id)
     return 0;
 }
 
-/* The run is over: back on the idle count (the first one back rings), or
- * gone when enough are idle. */
+/* The run is over: back on an idle place (the first one back rings, so
+ * that init stops watching the queue).  Once per run. */
 static void sup_board_done(void)
 {
+    if (!my_run_open)
+        return;
+    my_run_open = 0;
     atomic_store(&board->slot[my_slot].run_id, 0);
-    atomic_store(&board->served, 1);
-    if (atomic_load(&board->idle) >= MAX_IDLE_SUPS)
-        _exit(0); /* not counted: init reaps it and frees the slot */
-    atomic_store(&board->slot[my_slot].counted, 1);
-    if (atomic_fetch_add(&board->idle, 1) <= 0)
+    if (my_run)
+        atomic_store(&board->served, 1);
+    atomic_store(&board->slot[my_slot].idle, 1);
+    if (idle_count() == 1)
         ring_doorbell();
+}
+
+/* An idle supervisor beyond MAX_IDLE_SUPS after SURPLUS_IDLE_MS without a
+ * run: it leaves if as many others still wait (not woken for a request:
+ * a timeout took no wakeup from the others). */
+static void sup_leave_if_surplus(void)
+{
+    atomic_store(&board->slot[my_slot].idle, 0);
+    if (idle_count() >= MAX_IDLE_SUPS)
+        _exit(0); /* init reaps it and frees the slot */
+    atomic_store(&board->slot[my_slot].idle, 1);
 }
 
 /* Serve one run.  Returns when the command and everything it left are
@@ -1451,15 +1492,17 @@ static int make_idle_wait(int sock)
     return -1;
 }
 
-static void wait_for_request(int ep, int sock, short *queue_ev, short *sock_ev)
+/* Returns 0 when timeout_ms (-1: none) passed without an event. */
+static int wait_for_request(int ep, int sock, short *queue_ev, short *sock_ev,
+                            int timeout_ms)
 {
     struct epoll_event evs[2];
     int n;
     if (ep < 0) {
         wait_fd_or_init(RUNQ_FD, sock, queue_ev, sock_ev);
-        return;
+        return 1;
     }
-    while ((n = epoll_wait(ep, evs, 2, -1)) < 0)
+    while ((n = epoll_wait(ep, evs, 2, timeout_ms)) < 0)
         ;
     *queue_ev = *sock_ev = 0;
     for (int i = 0; i < n; i++) {
@@ -1471,6 +1514,7 @@ static void wait_for_request(int ep, int sock, short *queue_ev, short *sock_ev)
             *sock_ev = POLLIN;
         }
     }
+    return n;
 }
 
 /* A supervisor's own set-up, before it serves: nothing here depends on the
@@ -1617,7 +1661,11 @@ static void supervisor_serve(int sock, struct sup_setup *su, int children)
         int fds[4 + PS_MAX_CGROUP_FDS], n_fds = 0;
         struct run_request r;
         short ev_queue, ev_sock;
-        wait_for_request(ep, sock, &ev_queue, &ev_sock);
+        int timeout = idle_count() > MAX_IDLE_SUPS ? SURPLUS_IDLE_MS : -1;
+        if (wait_for_request(ep, sock, &ev_queue, &ev_sock, timeout) == 0) {
+            sup_leave_if_surplus();
+            continue;
+        }
         if (ev_sock & POLLIN) {
             /* a late signal request for a run already over: dropped */
             struct sup_msg m;
@@ -1657,7 +1705,7 @@ static void supervisor_serve(int sock, struct sup_setup *su, int children)
         }
         free(r.argv);
         free(r.envp);
-        sup_board_done();
+        sup_board_done(); /* (unless done at the command's exit) */
     }
 }
 
@@ -1676,19 +1724,33 @@ static unsigned char slot_used[MAX_SUPS];
  * goes when all are in use) */
 static unsigned next_pending;
 
+/* A free slot (the board's n_slots raised past it), or -1. */
 static int take_slot(void)
 {
     for (int i = 0; i < MAX_SUPS; i++) {
         if (!slot_used[i]) {
             slot_used[i] = 1;
+            if (i >= atomic_load(&board->n_slots))
+                atomic_store(&board->n_slots, i + 1);
             return i;
         }
     }
     return -1;
 }
 
+static void free_slot(int slot)
+{
+    atomic_store(&board->slot[slot].idle, 0);
+    atomic_store(&board->slot[slot].run_id, 0);
+    slot_used[slot] = 0;
+    int n = atomic_load(&board->n_slots);
+    while (n > 0 && !slot_used[n - 1])
+        n--;
+    atomic_store(&board->n_slots, n);
+}
+
 /* Fork a supervisor; `early`: the first one, forked before the plan is read
- * (see early_supervisor_main).  It starts counted idle. */
+ * (see early_supervisor_main).  It starts idle. */
 static int make_supervisor_as(const struct early_sup *early)
 {
     int sv[2];
@@ -1704,8 +1766,7 @@ static int make_supervisor_as(const struct early_sup *early)
     if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0)
         goto fail;
     atomic_store(&board->slot[slot].run_id, 0);
-    atomic_store(&board->slot[slot].counted, 1);
-    atomic_fetch_add(&board->idle, 1);
+    atomic_store(&board->slot[slot].idle, 1);
     p = fork();
     if (p == 0) {
         my_slot = slot;
@@ -1719,8 +1780,6 @@ static int make_supervisor_as(const struct early_sup *early)
     close(sv[1]);
     if (p < 0) {
         int saved = errno;
-        atomic_store(&board->slot[slot].counted, 0);
-        atomic_fetch_sub(&board->idle, 1);
         close(sv[0]);
         errno = saved;
         goto fail;
@@ -1735,7 +1794,7 @@ static int make_supervisor_as(const struct early_sup *early)
 fail:;
     int saved = errno;
     free(s);
-    slot_used[slot] = 0;
+    free_slot(slot);
     errno = saved;
     return -1;
 }
@@ -1841,10 +1900,7 @@ static void drop_sup(pid_t pid)
         if ((*p)->pid == pid) {
             struct sup *dead = *p;
             *p = dead->next;
-            if (atomic_exchange(&board->slot[dead->slot].counted, 0))
-                atomic_fetch_sub(&board->idle, 1);
-            atomic_store(&board->slot[dead->slot].run_id, 0);
-            slot_used[dead->slot] = 0;
+            free_slot(dead->slot);
             sup_count--;
             close(dead->sock);
             free(dead);
@@ -2016,7 +2072,7 @@ static void reap_orphans(int sfd)
     /* an idle supervisor killed after a request's wakeup went to it (one
      * idle supervisor is woken per request) leaves that request queued with
      * the others asleep: a new supervisor sees it as soon as it waits */
-    if (lost_idle && atomic_load(&board->idle) > 0 && request_waiting())
+    if (lost_idle && idle_count() > 0 && request_waiting())
         make_supervisor();
 }
 
@@ -2115,7 +2171,7 @@ int main(int argc, char **argv)
          * none is idle (a one-shot sandbox forks none but the first), and
          * one in reserve when runs come in turn: a run then takes and gives
          * back an idle place without waking init */
-        int idle = atomic_load(&board->idle);
+        int idle = idle_count();
         struct pollfd pfd[4] = {
             { .fd = CTRL_FD, .events = POLLIN },
             { .fd = sfd, .events = POLLIN },
@@ -2126,12 +2182,13 @@ int main(int argc, char **argv)
             if (pfd[3].revents & POLLIN) {
                 uint64_t rings;
                 if (read(doorbell, &rings, sizeof rings) < 0) { /* (EAGAIN: read already) */ }
-                if (atomic_load(&board->idle) <= 0 && atomic_load(&board->served))
+                if (idle_count() == 0 && atomic_load(&board->served) && !runq_ended &&
+                    !(plan_flags & PS_PLAN_NO_SPARE))
                     make_supervisor(); /* the spare (failing: forked on demand) */
             }
             if (pfd[1].revents)
                 reap_orphans(sfd);
-            if ((pfd[2].revents & POLLIN) && atomic_load(&board->idle) <= 0 &&
+            if ((pfd[2].revents & POLLIN) && idle_count() == 0 &&
                 request_waiting() && make_supervisor() < 0)
                 fail_queued_run(errno ? errno : EAGAIN);
             if (pfd[0].revents & (POLLIN | POLLHUP | POLLERR))

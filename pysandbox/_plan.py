@@ -16,7 +16,7 @@ from ._config import Bind, Tmpfs
 (ROOT_TMPFS, ROOT_OVERLAY, BIND, TMPFS, PROC, DEVPTS, MKDIR, SYMLINK, REMOUNT_RO,
  MQUEUE, BIND_SELF) = range(1, 12)
 F_RDONLY, F_NOSUID, F_NODEV, F_NOEXEC, F_FILE, F_OPTIONAL, F_NO_CREATE = 1, 2, 4, 8, 16, 32, 64
-PLAN_CAPS, PLAN_FILTER_IN_INIT = 4, 8   # (network, time namespaces: init's argv)
+PLAN_CAPS, PLAN_FILTER_IN_INIT, PLAN_NO_SPARE = 4, 8, 16   # (network, time namespaces: init's argv)
 PLAN_MAGIC = 0x31425350
 
 _HDR = struct.Struct("=6IQ")
@@ -202,6 +202,10 @@ def pack_plan(cfg, ops, seccomp_filter=b""):
         # once in the first supervisor, before its go (custom policies: per
         # run)
         flags |= PLAN_FILTER_IN_INIT
+    if cfg.pids is not None:
+        # a spare supervisor (runs in turn, see csrc/init.c) would count
+        # against the limit: the commands keep what they had
+        flags |= PLAN_NO_SPARE
     hostname = cfg.hostname.encode() + b"\0"
     staging = staging_dir().encode() + b"\0"
     body = b"".join(op.pack() for op in ops)

@@ -209,6 +209,18 @@ def test_fork_bomb_hits_pids_limit(rootfs, no_leaks):
         assert r.pids_peak is not None and r.pids_peak < 5   # per run, not the sandbox's
 
 
+@needs_root
+def test_pids_limit_is_not_taken_by_a_spare_supervisor(no_leaks):
+    # runs in turn get a spare supervisor beside the busy one (init sleeps
+    # through them), but not in a sandbox with a pids limit: it would take
+    # a process from the commands (init + a supervisor + sh + 2 children = 5)
+    with Sandbox(pids=5) as s:
+        for i in range(5):
+            r = s.run(["sh", "-c", "sleep 0.01 & sleep 0.01 & wait; echo ok"],
+                      capture_output=True, text=True, timeout=30)
+            assert (r.returncode, r.stdout) == (0, "ok\n"), (i, r.stderr)
+
+
 # -- memory hog -----------------------------------------------------------------
 
 @needs_root

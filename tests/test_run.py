@@ -9,7 +9,7 @@ import subprocess
 import threading
 
 import pytest
-from sbxutil import gone_inside as _gone, open_fds
+from sbxutil import gone_inside as _gone, open_fds, wait_until
 
 import pysandbox
 from pysandbox import DEVNULL, PIPE, STDOUT, Sandbox
@@ -701,7 +701,10 @@ def test_many_threads_share_one_sandbox():
             assert got == [[(i + k) % 7 for k in range(25)] for i in range(8)]
         ps = s.run(["ps", "-e", "-o", "comm="], capture_output=True, text=True).stdout.split()
         assert ps.count("pysandbox-init") == 1
-        assert 1 <= ps.count("pysandbox-run") <= 9   # at most the peak concurrency, +1
+        # supervisors were reused, not one per run (600 runs)...
+        assert 1 <= ps.count("pysandbox-run") <= 12, ps
+        # ...and the burst's extra ones leave once the sandbox is calm
+        assert wait_until(lambda: _supervisors_seen_by_ps(s) <= 3, 10)
 
 
 # -- supervisors: shared run queue, signal requests, retirement -----------------
@@ -801,8 +804,9 @@ def test_runs_in_turn_do_not_wake_init():
         for _ in range(n):
             assert s.run(["true"]).returncode == 0
         woken = _sleeps(s.pid) - before
-    # (a notice per take and per end of a run woke it twice a run)
-    assert woken < 5, woken
+    # (a notice per take and per end of a run woke it about twice a run; on
+    # a loaded machine a run may still find the spare taken and ring)
+    assert woken < n // 2, woken
 
 
 def test_timeout_zero_kills_a_run_not_yet_taken():
@@ -853,10 +857,33 @@ def test_command_cannot_exhaust_the_signal_path_of_its_timeout():
         assert "python3" not in ps
 
 
+def test_a_burst_keeps_its_supervisors():
+    # 8 threads of runs in turn: a supervisor is forked per extra concurrent
+    # run (and a spare), then kept -- not forked and retired run after run.
+    # Every fork in the sandbox takes a pid: count them.
+    from concurrent.futures import ThreadPoolExecutor
+    with pysandbox.Sandbox() as s:
+        def last_pid():
+            return int(s.run(["cat", "/proc/sys/kernel/ns_last_pid"],
+                             capture_output=True).stdout)
+        start = last_pid()
+        with ThreadPoolExecutor(8) as ex:
+            list(ex.map(lambda _: [s.run(["true"]) for _ in range(40)], range(8)))
+        forks = last_pid() - start - 320 - 1   # less the runs' commands and the cat
+    # (8 here: one supervisor per thread beside the first, one spare; 18-24
+    # when supervisors retired as soon as two were idle)
+    assert 0 <= forks <= 12, forks
+
+
+def _supervisors_seen_by_ps(s):
+    ps = s.run(["ps", "-e", "-o", "comm="], capture_output=True, text=True).stdout.split()
+    return ps.count("pysandbox-run")
+
+
 def test_idle_supervisors_retire_after_a_burst():
     with pysandbox.Sandbox() as s:
         _burst(s, 8)
-        for _ in range(3):   # the extra ones leave as their runs end
-            s.run(["true"])
-        ps = s.run(["ps", "-e", "-o", "comm="], capture_output=True, text=True).stdout.split()
-        assert ps.count("pysandbox-run") <= 3, ps   # at most 2 idle + the one running ps
+        assert _supervisors_seen_by_ps(s) >= 4   # the burst's are still there...
+        # ...and leave after a second without a run: at most 2 idle + the one
+        # running ps stay
+        assert wait_until(lambda: _supervisors_seen_by_ps(s) <= 3, 10)
