@@ -13,6 +13,7 @@ import select
 import signal
 import struct
 import subprocess
+import threading
 import time
 
 from ._config import _check_env, _inside_path, parse_rlimits, parse_size
@@ -117,6 +118,7 @@ class SandboxProcess:
         self.stdin = self.stdout = self.stderr = None
         self._sandbox = sandbox
         self._chan = None      # read end of the run's record pipe (an fd)
+        self._records_lock = threading.Lock()   # one reader of the pipe at a time
         self._rusage = None
         self._exit_time = None
         self.timed_out = False
@@ -345,6 +347,13 @@ class SandboxProcess:
             return None
         return RECORD.unpack(data)
 
+    def _read_record(self, block):
+        """Read and handle the next record, under the lock poll() and wait()
+        take (one reader of the pipe at a time)."""
+        with self._records_lock:
+            if self.returncode is None:
+                self._handle_record(self._recv(block))
+
     def _close_chan(self):
         chan, self._chan = self._chan, None
         if chan is not None:
@@ -370,8 +379,14 @@ class SandboxProcess:
                 self._cg = None
 
     def poll(self):
-        if self.returncode is None:
-            self._handle_record(self._recv(block=False))
+        # (another thread reading the records, in wait(): not done yet, as
+        # subprocess.Popen.poll answers while a wait() holds its lock)
+        if self.returncode is None and self._records_lock.acquire(False):
+            try:
+                if self.returncode is None:
+                    self._handle_record(self._recv(block=False))
+            finally:
+                self._records_lock.release()
         return self.returncode
 
     def wait(self, timeout=None):
@@ -380,10 +395,19 @@ class SandboxProcess:
             return self.returncode
         deadline = None if timeout is None else time.monotonic() + timeout
         while self.returncode is None:
-            if deadline is not None:
-                if not _readable(self._chan, max(0.0, deadline - time.monotonic())):
+            if deadline is None:
+                self._records_lock.acquire()
+            elif not self._records_lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                raise subprocess.TimeoutExpired(self.args, timeout)
+            try:
+                if self.returncode is not None:
+                    break   # another thread read the exit
+                if deadline is not None and not _readable(
+                        self._chan, max(0.0, deadline - time.monotonic())):
                     raise subprocess.TimeoutExpired(self.args, timeout)
-            self._handle_record(self._recv(block=True))
+                self._handle_record(self._recv(block=True))
+            finally:
+                self._records_lock.release()
         return self.returncode
 
     def send_signal(self, sig):
@@ -478,8 +502,7 @@ class SandboxProcess:
         writer = self.stdin.fileno() if (self._input is not None and not self.stdin.closed) else None
         if not readers and writer is None and deadline is None:
             # nothing to pump, no deadline: just the exit record
-            if self.returncode is None:
-                self._handle_record(self._recv(block=True))
+            self._read_record(block=True)
             return self._collected()
         poller = select.poll()
         for fd in readers:
@@ -501,8 +524,9 @@ class SandboxProcess:
                 ms = max(1, math.ceil(left * 1000))
             for fd, ev in poller.poll(ms):
                 if fd == chan_fd:
-                    # (readable: a record or EOF is there)
-                    self._handle_record(self._recv(block=True))
+                    # (readable, unless a poll() or wait() in another
+                    # thread has read it meanwhile)
+                    self._read_record(block=False)
                     if self.returncode is not None:
                         poller.unregister(chan_fd)
                         chan_fd = None

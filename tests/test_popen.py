@@ -64,6 +64,25 @@ def test_wait_timeout_then_success(tiny):
         _finish(p)
 
 
+def test_wait_and_poll_from_two_threads(tiny):
+    # as subprocess.Popen: one thread in wait(), another polling; both see
+    # the command's own status (not the -9 of a pipe read from under them)
+    import threading
+    for _ in range(100):
+        p = tiny.popen(["sh", "-c", "exit 3"])
+        polled = []
+
+        def poller():
+            while (rc := p.poll()) is None:
+                pass
+            polled.append(rc)
+        t = threading.Thread(target=poller)
+        t.start()
+        assert p.wait(timeout=30) == 3
+        t.join(30)
+        assert polled == [3] and p.returncode == 3
+
+
 def test_wait_rejects_bad_timeout(tiny):
     p = tiny.popen(["true"])
     try:
