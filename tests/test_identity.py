@@ -204,7 +204,8 @@ def test_root_of_a_one_id_namespace_maps_one_id():
     assert out[1] == "sandbox ok", out
 
 
-@pytest.mark.parametrize("ns, step", [("net", "network namespace"), ("time", "time namespace")])
+@pytest.mark.parametrize("ns, step", [("net", "network namespace"), ("time", "time namespace"),
+                                      ("ipc", "clone (new namespaces)")])
 def test_namespace_limit_is_a_setup_error(ns, step):
     # a namespace the kernel refuses (its user.max_*_namespaces is 0) is a
     # SetupError naming that step and the errno, for a one-shot run and for
