@@ -1216,7 +1216,8 @@ static int parse_request(char *buf, size_t size, struct run_request *r)
  * reaps what the command left (it is their subreaper), and then goes back
  * to the queue.  Init forks supervisors on demand (a request waits and none
  * is idle) and keeps one in reserve once runs come one after another
- * (not under a pids limit: it would take a process from the commands).
+ * (not under a pids limit or an nproc rlimit: it would take a process from
+ * the commands; see max_idle()).
  *
  * What a supervisor is doing is written on the board, a page init and
  * its supervisors share: per supervisor, whether it waits on the queue and
@@ -1225,8 +1226,8 @@ static int parse_request(char *buf, size_t size, struct run_request *r)
  * init: a supervisor rings init's doorbell (an eventfd) only when it took
  * the last idle place (init then watches the queue itself, and keeps a
  * spare) or gave the first one back.  A supervisor that waits beyond
- * MAX_IDLE_SUPS idle ones leaves after SURPLUS_IDLE_MS without a run: bursts
- * keep their supervisors, a calm sandbox gets back to two.  Init reads the
+ * max_idle() idle ones leaves after SURPLUS_IDLE_MS without a run: bursts
+ * keep their supervisors, a calm sandbox gets back to two (one).  Init reads the
  * board to route a signal request to the run's supervisor (over their
  * private socketpair, which also brings the early supervisor its set-up); a
  * tree kill for a run no supervisor has taken yet waits on the board, where
@@ -1244,10 +1245,12 @@ enum { SUP_SIGNAL = 1, SUP_GO = 3, SUP_CONFIG = 4 }; /* init -> supervisor */
 struct board {
     _Atomic int n_slots;           /* slots in use are below this (init's) */
     _Atomic int served;            /* a run has ended: runs come in turn */
+    _Atomic int no_spare;          /* a run had an nproc rlimit (see max_idle) */
     _Atomic int kills_waiting;     /* pending[] has been used */
     _Atomic uint32_t pending[MAX_PENDING_KILLS]; /* tree kills for untaken runs */
     struct {
         _Atomic uint32_t run_id;   /* the run served, 0 when none */
+        _Atomic uint32_t last_run; /* the last run it finished */
         _Atomic int idle;          /* waiting on the queue */
     } slot[MAX_SUPS];
 };
@@ -1256,6 +1259,20 @@ _Static_assert(ATOMIC_INT_LOCK_FREE == 2, "lock-free atomic int");
 static struct board *board;
 static int doorbell = -1;          /* eventfd, init reads it */
 static int my_slot = -1;           /* in a supervisor: its place on the board */
+
+/* No spare and one idle supervisor kept, not two, when processes are
+ * counted against the commands: a pids limit (the plan says so) or an
+ * nproc rlimit (counts the uid's processes, init's and the supervisors'
+ * too; a run's own says so on the board). */
+static int no_spare(void)
+{
+    return (plan_flags & PS_PLAN_NO_SPARE) || atomic_load(&board->no_spare);
+}
+
+static int max_idle(void)
+{
+    return no_spare() ? 1 : MAX_IDLE_SUPS;
+}
 
 /* Supervisors waiting on the queue now. */
 static int idle_count(void)
@@ -1355,6 +1372,7 @@ static void sup_board_done(void)
     if (!my_run_open)
         return;
     my_run_open = 0;
+    atomic_store(&board->slot[my_slot].last_run, my_run);
     atomic_store(&board->slot[my_slot].run_id, 0);
     if (my_run)
         atomic_store(&board->served, 1);
@@ -1363,13 +1381,15 @@ static void sup_board_done(void)
         ring_doorbell();
 }
 
-/* An idle supervisor beyond MAX_IDLE_SUPS after SURPLUS_IDLE_MS without a
- * run: it leaves if as many others still wait (not woken for a request:
- * a timeout took no wakeup from the others). */
+/* An idle supervisor beyond max_idle() after SURPLUS_IDLE_MS without a
+ * run: it leaves if as many others still wait, and no request does (a
+ * timeout takes no wakeup from the others; on older kernels an exclusive
+ * wakeup could come with the timeout: the request is served first). */
 static void sup_leave_if_surplus(void)
 {
+    char c;
     atomic_store(&board->slot[my_slot].idle, 0);
-    if (idle_count() >= MAX_IDLE_SUPS)
+    if (idle_count() >= max_idle() && recv(RUNQ_FD, &c, 1, MSG_PEEK | MSG_DONTWAIT) < 0)
         _exit(0); /* init reaps it and frees the slot */
     atomic_store(&board->slot[my_slot].idle, 1);
 }
@@ -1661,7 +1681,7 @@ static void supervisor_serve(int sock, struct sup_setup *su, int children)
         int fds[4 + PS_MAX_CGROUP_FDS], n_fds = 0;
         struct run_request r;
         short ev_queue, ev_sock;
-        int timeout = idle_count() > MAX_IDLE_SUPS ? SURPLUS_IDLE_MS : -1;
+        int timeout = idle_count() > max_idle() ? SURPLUS_IDLE_MS : -1;
         if (wait_for_request(ep, sock, &ev_queue, &ev_sock, timeout) == 0) {
             sup_leave_if_surplus();
             continue;
@@ -1685,6 +1705,9 @@ static void supervisor_serve(int sock, struct sup_setup *su, int children)
         if (n >= 0 && n_fds >= 4 && parse_request(buf, (size_t)n, &r) == 0 &&
             r.h.type == PS_REQ_RUN)
             run_id = r.h.run_id;
+        for (uint32_t i = 0; run_id && i < r.h.n_rlimits; i++)
+            if (r.rlimits[i].resource == RLIMIT_NPROC)
+                atomic_store(&board->no_spare, 1); /* (see max_idle) */
         int kill_waiting = sup_board_take(run_id);
         if (run_id == 0 || cap_err) {
             if (n_fds >= 1)
@@ -1893,6 +1916,10 @@ static int is_supervisor(pid_t pid)
     return find_sup(pid) != NULL;
 }
 
+/* An idle supervisor died (one killed from inside may have taken a
+ * request's wakeup with it: one idle supervisor is woken per request). */
+static int lost_idle_sup;
+
 /* a supervisor is gone (reaped): forget it, and its place on the board */
 static void drop_sup(pid_t pid)
 {
@@ -1900,6 +1927,8 @@ static void drop_sup(pid_t pid)
         if ((*p)->pid == pid) {
             struct sup *dead = *p;
             *p = dead->next;
+            if (atomic_load(&board->slot[dead->slot].idle))
+                lost_idle_sup = 1; /* (one that leaves clears its flag first) */
             free_slot(dead->slot);
             sup_count--;
             close(dead->sock);
@@ -1937,6 +1966,13 @@ static int signal_run(uint32_t run_id, uint32_t what)
  * supervisor that takes it (sup_board_take), unless one took it meanwhile. */
 static void leave_tree_kill(uint32_t run_id)
 {
+    /* a kill that came after its run was over (a timeout that crossed the
+     * exit, kill_tree() after wait()) would wait for ever: a supervisor
+     * that served the run says so */
+    int n = atomic_load(&board->n_slots);
+    for (int k = 0; k < n; k++) /* (a freed slot keeps its last run) */
+        if (atomic_load(&board->slot[k].last_run) == run_id)
+            return;
     unsigned i = next_pending++ % MAX_PENDING_KILLS;
     atomic_store(&board->pending[i], run_id);
     atomic_store(&board->kills_waiting, 1);
@@ -2042,7 +2078,7 @@ static int request_waiting(void)
 static void reap_orphans(int sfd)
 {
     struct signalfd_siginfo si;
-    int sweep = 0, lost_idle = 0;
+    int sweep = 0;
     while (read(sfd, &si, sizeof si) > 0)
         ;
     for (;;) {
@@ -2058,22 +2094,13 @@ static void reap_orphans(int sfd)
             continue;
         }
         if (s) {
-            if (WIFSIGNALED(status)) {
-                if (sup_busy(s))
-                    sweep = 1;
-                else
-                    lost_idle = 1;
-            }
+            if (WIFSIGNALED(status) && sup_busy(s))
+                sweep = 1;
             drop_sup(w);
         }
     }
     if (sweep)
         sweep_unowned();
-    /* an idle supervisor killed after a request's wakeup went to it (one
-     * idle supervisor is woken per request) leaves that request queued with
-     * the others asleep: a new supervisor sees it as soon as it waits */
-    if (lost_idle && idle_count() > 0 && request_waiting())
-        make_supervisor();
 }
 
 /* init's argv[1] "netns": the sandbox gets its own network namespace (the
@@ -2183,7 +2210,7 @@ int main(int argc, char **argv)
                 uint64_t rings;
                 if (read(doorbell, &rings, sizeof rings) < 0) { /* (EAGAIN: read already) */ }
                 if (idle_count() == 0 && atomic_load(&board->served) && !runq_ended &&
-                    !(plan_flags & PS_PLAN_NO_SPARE))
+                    !no_spare())
                     make_supervisor(); /* the spare (failing: forked on demand) */
             }
             if (pfd[1].revents)
@@ -2193,6 +2220,14 @@ int main(int argc, char **argv)
                 fail_queued_run(errno ? errno : EAGAIN);
             if (pfd[0].revents & (POLLIN | POLLHUP | POLLERR))
                 handle_request();
+        }
+        /* an idle supervisor died (reaped above or in a sweep): if a
+         * request's wakeup went with it, the request waits with the others
+         * asleep; a new supervisor sees it as soon as it waits */
+        if (lost_idle_sup) {
+            lost_idle_sup = 0;
+            if (idle_count() > 0 && request_waiting())
+                make_supervisor();
         }
     }
 }
