@@ -1414,7 +1414,10 @@ static void serve_run(struct run_request *r, int children, int sock, int events,
     close(r->err);
     for (int i = 0; i < r->n_cgroup_fds; i++)
         close(r->cgroup_fds[i]);
+    /* (a run that never started is over: back on the board before the
+     * caller hears of it, as after an exit) */
     if (cmd < 0) {
+        sup_board_done();
         send_simple(r->chan, PS_REC_SPAWN_FAILED, PS_STEP_FORK, vfork_errno, -1, 0);
         return;
     }
@@ -1422,6 +1425,7 @@ static void serve_run(struct run_request *r, int children, int sock, int events,
         int status;
         while (waitpid(cmd, &status, __WALL) < 0 && errno == EINTR)
             ;
+        sup_board_done();
         send_simple(r->chan, PS_REC_SPAWN_FAILED, st.step, st.err, st.index, 0);
         return;
     }
@@ -1710,6 +1714,7 @@ static void supervisor_serve(int sock, struct sup_setup *su, int children)
                 atomic_store(&board->no_spare, 1); /* (see max_idle) */
         int kill_waiting = sup_board_take(run_id);
         if (run_id == 0 || cap_err) {
+            sup_board_done();
             if (n_fds >= 1)
                 send_simple(fds[0], PS_REC_SPAWN_FAILED,
                             cap_err ? PS_STEP_CAPS : PS_STEP_FORK,
