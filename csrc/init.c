@@ -1062,12 +1062,12 @@ static int wait_status(const siginfo_t *si)
     }
 }
 
+static void sup_board_done(void);
+
 /* Reap what is ready (or block for one when `block`).  Returns -1 when the
  * supervisor has no child left.  At the command's exit (not blocking):
  * reaped, and when it left nothing the supervisor back on the board, then
  * the record sent: the caller's next request finds it idle. */
-static void sup_board_done(void);
-
 static int reap_children(pid_t cmd, int *cmd_reaped, int chan, int block)
 {
     if (!*cmd_reaped && !block) {
@@ -1263,7 +1263,8 @@ static int my_slot = -1;           /* in a supervisor: its place on the board */
 /* No spare and one idle supervisor kept, not two, when processes are
  * counted against the commands: a pids limit (the plan says so) or an
  * nproc rlimit (counts the uid's processes, init's and the supervisors'
- * too; a run's own says so on the board). */
+ * too; the sandbox's and a run's own come in the request, and the
+ * supervisor that takes it says so on the board). */
 static int no_spare(void)
 {
     return (plan_flags & PS_PLAN_NO_SPARE) || atomic_load(&board->no_spare);

@@ -84,8 +84,10 @@ enum ps_plan_flags {
                                    go: later supervisors and the commands
                                    inherit it (a policy that leaves allowed
                                    what they do from there on) */
-    PS_PLAN_NO_SPARE = 16,  /* no spare supervisor (a pids limit: it would
-                               take a process from the commands) */
+    PS_PLAN_NO_SPARE = 16,  /* no spare supervisor, one idle kept (a pids
+                               limit: it would take a process from the
+                               commands; an nproc rlimit is seen in the
+                               requests, see init's max_idle) */
 };
 
 struct ps_plan_hdr {

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import functools
 import os
-import resource
 import struct
 import time
 
@@ -203,10 +202,11 @@ def pack_plan(cfg, ops, seccomp_filter=b""):
         # once in the first supervisor, before its go (custom policies: per
         # run)
         flags |= PLAN_FILTER_IN_INIT
-    if cfg.pids is not None or any(r == resource.RLIMIT_NPROC for r, _, _ in cfg.rlimits):
+    if cfg.pids is not None:
         # a spare supervisor (runs in turn, see csrc/init.c) would count
-        # against the limit (nproc counts init's and the supervisors'
-        # processes too): the commands keep what they had
+        # against the limit: the commands keep what they had (an nproc
+        # rlimit, sandbox-wide or a run's, comes in every request that has
+        # it: the supervisor that takes one says so on the board)
         flags |= PLAN_NO_SPARE
     hostname = cfg.hostname.encode() + b"\0"
     staging = staging_dir().encode() + b"\0"
