@@ -1,6 +1,7 @@
 """Interleaved A/B: this checkout against another revision, on a noisy VM.
 
     python3 benchmarks/ab.py REV [--rounds N] [--modes cold,warm,pool,binds,threads]
+    python3 benchmarks/ab.py REV --lockstep CALLS [--modes cold,warm,cold-limits,warm-limits]
 
 Builds REV in a temporary git worktree (`setup.py build_ext --inplace`),
 then measures both versions in alternating child processes, N rounds, and
@@ -9,8 +10,11 @@ of the drift a shared VM shows from minute to minute, which separate
 benchmark runs do not; within a child the rows of a mode are measured call
 by call in turn (warm and subprocess.run alternate), and warm mode also
 reports its ratio to subprocess.run.  The busybox rootfs of setup-anchors.sh is used when
-it exists (else the rows that need it are skipped).  Nothing is left behind:
-the worktree and the bind directories are removed at the end.
+it exists (else the rows that need it are skipped).  --lockstep goes
+further: both versions stay alive in two processes and are called one call
+each in turn (the busybox rootfs for cold), which also gives the median of
+the pairwise ratios.  Nothing is left behind: the worktree and the bind
+directories are removed at the end.
 """
 import argparse
 import collections
@@ -108,6 +112,69 @@ def child(tree, mode, bind_dir):
     print(json.dumps(out))
 
 
+# mode -> (sandbox limits, warm?)
+LOCKSTEP_CALLS = {
+    "cold": ({}, False),
+    "warm": ({}, True),
+    "cold-limits": ({"memory": "256M"}, False),
+    "warm-limits": ({"memory": "256M"}, True),
+}
+
+
+def lockstep_child(tree, mode):
+    """One version's end of a lockstep A/B: a call per byte read on stdin,
+    its time (us) written back as a line."""
+    sys.path.insert(0, tree)
+    import pysandbox
+    assert os.path.abspath(pysandbox.__file__).startswith(tree), pysandbox.__file__
+    rootfs = ANCHOR_ROOTFS if os.path.isdir(ANCHOR_ROOTFS) else None
+    limits, warm = LOCKSTEP_CALLS[mode]
+    true = ["/bin/true"]
+    if warm:
+        s = pysandbox.Sandbox(rootfs, **limits)
+        call = lambda: s.run(true)     # noqa: E731
+    else:
+        s = None
+        call = lambda: pysandbox.run(true, rootfs, **limits)   # noqa: E731
+    for _ in range(20):
+        call()
+    out = sys.stdout
+    while sys.stdin.buffer.read(1):
+        t = time.perf_counter()
+        call()
+        out.write(f"{(time.perf_counter() - t) * 1e6:.1f}\n")
+        out.flush()
+    if s is not None:
+        s.close()
+
+
+def lockstep(old, new, rev, mode, calls):
+    """Both versions live at once, called in turn one call at a time: a
+    drift of the VM moves both alike, down to single calls."""
+    procs = {}
+    for name, tree in (("old", old), ("new", new)):
+        procs[name] = subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__), rev, "--lockstep-child", tree, mode],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    times = {"old": [], "new": []}
+    try:
+        for i in range(calls):
+            for name in (("old", "new") if i % 2 else ("new", "old")):
+                p = procs[name]
+                p.stdin.write("g")
+                p.stdin.flush()
+                times[name].append(float(p.stdout.readline()))
+    finally:
+        for p in procs.values():
+            p.stdin.close()
+            p.wait()
+    o, n = statistics.median(times["old"]), statistics.median(times["new"])
+    ratios = sorted(b / a for a, b in zip(times["old"], times["new"]))
+    q = statistics.quantiles(ratios, n=4)
+    print(f"lockstep {mode:5s} old {o:9.1f} us   new {n:9.1f} us   new/old {n / o:.3f}   "
+          f"pairwise new/old median {q[1]:.3f} (quartiles {q[0]:.3f}-{q[2]:.3f}), {calls} pairs")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("rev", help="the revision to compare this checkout against")
@@ -115,9 +182,16 @@ def main():
     ap.add_argument("--modes", default="cold,warm,pool,binds")
     ap.add_argument("--child", nargs=3, metavar=("TREE", "MODE", "BIND_DIR"),
                     help=argparse.SUPPRESS)
+    ap.add_argument("--lockstep", type=int, metavar="CALLS", default=0,
+                    help="modes cold, warm, cold-limits, warm-limits (memory=256M): both "
+                         "versions alive, one call each in turn")
+    ap.add_argument("--lockstep-child", nargs=2, metavar=("TREE", "MODE"),
+                    help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         return child(*args.child)
+    if args.lockstep_child:
+        return lockstep_child(*args.lockstep_child)
 
     work = tempfile.mkdtemp(prefix="pysandbox-ab.")
     old = os.path.join(work, "old")
@@ -132,6 +206,9 @@ def main():
                            cwd=tree, check=True, stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL)
         for mode in args.modes.split(","):
+            if args.lockstep:
+                lockstep(old, HERE, args.rev, mode, args.lockstep)
+                continue
             res = collections.defaultdict(lambda: collections.defaultdict(list))
             for _ in range(args.rounds):
                 for name, tree in (("old", old), ("new", HERE)):
