@@ -109,6 +109,7 @@ class _Version:
     ensure: tuple         # _Write applied at creation (need="if_old")
     stats: dict           # stat name -> _Stat
     kill: Optional[tuple]  # (controller, file, value): kill the whole subtree at once
+    kill_since: tuple     # the kernel version that has `kill`
     freeze: Optional[_Freeze]
     init_leaf: Optional[str]   # where the sandbox's own processes go
     delegates: bool       # controllers must be enabled in the parent's cgroup.subtree_control
@@ -141,6 +142,7 @@ _V1 = _Version(
         "pids_current": _Stat("pids", "pids.current"),
     },
     kill=None,
+    kill_since=(),
     freeze=_Freeze("freezer", "freezer.state", "FROZEN", "THAWED",
                    "freezer.state", None, "FROZEN"),
     init_leaf=None,
@@ -167,6 +169,7 @@ _V2 = _Version(
         "pids_current": _Stat("pids", "pids.current"),
     },
     kill=(CORE, "cgroup.kill", "1"),
+    kill_since=(5, 14),
     freeze=_Freeze(CORE, "cgroup.freeze", "1", "0", "cgroup.events", "frozen", "1"),
     init_leaf="init",
     delegates=True,
@@ -175,7 +178,8 @@ _V2 = _Version(
 _TABLES = {2: _V2, 1: _V1}
 _PREFERENCE = (2, 1)             # per resource: v2 when it has the controller
 _STAT_KEYS = ("cpu_time", "max_memory", "oom_kills", "pids_peak", "pids_current")
-# v1 hierarchies worth a cgroup even when no limit needs them (stats, kill)
+# v1 hierarchies that may be worth a cgroup when no limit needs them (stats,
+# kill): each gets one if it adds what the others do not (_Served)
 _USEFUL_V1 = frozenset(["memory", "pids", "cpu", "cpuacct", "freezer"])
 # v2 controllers enabled for the runs when the sandbox cgroup has them
 _USEFUL_V2 = ("memory", "pids", "cpu")
@@ -407,18 +411,35 @@ def _error(err, step, path, detail):
 # --------------------------------------------------------------------------
 
 
+def _subdirs(d):
+    """The child cgroups of d; none when d cannot be read (gone meanwhile),
+    as os.walk would skip it.  A cgroup directory's link count is 2 plus
+    its subdirectories (kernfs): a leaf, the usual case, costs one stat
+    instead of a listing of its thirty-odd files."""
+    try:
+        if os.stat(d).st_nlink == 2:
+            return []
+        with os.scandir(d) as it:
+            return [e.path for e in it if e.is_dir(follow_symlinks=False)]
+    except OSError:
+        return []
+
+
 def _subdirs_bottom_up(d):
     out = []
-    for dirpath, dirnames, _ in os.walk(d, topdown=False):
-        out.extend(os.path.join(dirpath, x) for x in dirnames)
+    for x in _subdirs(d):
+        out.extend(_subdirs_bottom_up(x))
+        out.append(x)
     return out
 
 
 def _walk(d):
-    yield d
-    for dirpath, dirnames, _ in os.walk(d):
-        for x in dirnames:
-            yield os.path.join(dirpath, x)
+    """d and every cgroup below it, top-down."""
+    todo = [d]
+    while todo:
+        x = todo.pop()
+        yield x
+        todo.extend(_subdirs(x))
 
 
 def _pids_in(h, d):
@@ -626,6 +647,13 @@ def _rmdir_trees(dirs):
     be removed, or None when every one is gone."""
     failed = None
     for d in dirs:
+        try:
+            os.rmdir(d)     # the usual case: no child cgroup (a run's)
+            continue
+        except FileNotFoundError:
+            continue
+        except OSError:
+            pass
         for p in _subdirs_bottom_up(d) + [d]:
             try:
                 os.rmdir(p)
@@ -679,17 +707,19 @@ class RunCgroup(_Group):
         for fd in fds:
             os.close(fd)
 
-    def remove(self):
+    def remove(self, stats=None):
         """rmdir when empty; if processes remain it is left for
         SandboxCgroup.remove (which kills them).  Counters that the kernel
         keeps per cgroup only (summed over the subtree, e.g. v1 oom_kill)
-        are handed to the sandbox before their directory goes."""
+        are handed to the sandbox before their directory goes (`stats`:
+        what stats() read at the command's exit, not read again)."""
         self.close_fds()
         retired = {}
         for key in _STAT_KEYS:
             spec, _ = self._stat_source(key)
             if spec is not None and spec.subtree:
-                retired[key] = self._stat(key) or 0
+                value = stats.get(key) if stats is not None else None
+                retired[key] = (self._stat(key) if value is None else value) or 0
         gone = _rmdir_trees(self._dirs.values()) is None
         if gone:   # else still the sandbox's to kill and remove
             self._sandbox._forget(self, retired)
@@ -783,25 +813,28 @@ class SandboxCgroup(_Group):
         with self._lock:
             if self._removed:
                 raise ValueError("the sandbox cgroup was removed")
-            name = f"run-{next(self._run_counter)}"
-            made = {}
-            try:
-                for h in self._run_hierarchies():
-                    d = self._dirs[h]
-                    p = os.path.join(d, name)
-                    os.mkdir(p)
-                    made[h] = p
-                run = RunCgroup(self, name, made)
-            except OSError as e:
-                for p in made.values():
-                    try:
-                        os.rmdir(p)
-                    except OSError:
-                        pass
-                raise _error(e.errno, "cgroup create run", e.filename,
-                             _advice(e.errno, e.filename)) from None
+            run = self._make_run()
             self._runs.append(run)
             return run
+
+    def _make_run(self):
+        """mkdir "run-N" in each hierarchy a run needs (under self._lock)."""
+        name = f"run-{next(self._run_counter)}"
+        made = {}
+        try:
+            for h in self._run_hierarchies():
+                p = os.path.join(self._dirs[h], name)
+                os.mkdir(p)
+                made[h] = p
+            return RunCgroup(self, name, made)
+        except OSError as e:
+            for p in made.values():
+                try:
+                    os.rmdir(p)
+                except OSError:
+                    pass
+            raise _error(e.errno, "cgroup create run", e.filename,
+                         _advice(e.errno, e.filename)) from None
 
     def _forget(self, run, retired=None):
         with self._lock:
@@ -941,6 +974,10 @@ def _plan(hiers, wanted):
             continue
         if h.version == 2 or (h.controllers & _USEFUL_V1):
             optional.append(h)
+    # v2 first: what it has (CPU time, cgroup.kill) makes the v1 ones that
+    # have only that unneeded (see _Served)
+    optional.sort(key=lambda h: _PREFERENCE.index(h.version) if h.version in _PREFERENCE
+                  else len(_PREFERENCE))
     return chosen, required, optional
 
 
@@ -1053,8 +1090,11 @@ def open_sandbox_cgroup(memory=None, pids=None, cpus=None, parent=None, *, _vers
     for _attempt in range(100):
         name = f"pysandbox-{os.getpid()}-{next(_counter)}"
         made, dirs, retry = [], {}, False
+        served = _Served()
         try:
             for h in required + optional:
+                if h not in required and not served.wants(h):
+                    continue    # nothing of its own to add: no cgroup there
                 p = os.path.join(h.base, name)
                 try:
                     os.mkdir(p, 0o755)
@@ -1073,6 +1113,7 @@ def open_sandbox_cgroup(memory=None, pids=None, cpus=None, parent=None, *, _vers
                     _undo([p])
                     continue
                 dirs[h] = p
+                served.add(h)
             if retry:
                 _undo(made)
                 continue
@@ -1106,6 +1147,50 @@ def open_sandbox_cgroup(memory=None, pids=None, cpus=None, parent=None, *, _vers
             _undo(made)
             raise _error(e.errno, "cgroup create", e.filename, _advice(e.errno, e.filename)) from None
     raise _error(errno.EEXIST, "cgroup create", None, "could not find a free cgroup name")
+
+
+def _kernel_version():
+    try:
+        return tuple(int(x) for x in re.match(r"(\d+)\.(\d+)", os.uname().release).groups())
+    except (AttributeError, ValueError):
+        return (0, 0)
+
+
+class _Served:
+    """What the hierarchies given a sandbox cgroup so far provide: each
+    statistic (from the first of them that has it; v2 is tried first), and
+    a way to kill the whole tree (v2 cgroup.kill, else freezers).  A
+    hierarchy that would add neither gets no cgroup: on a v1 machine with
+    a cgroup2 tree, cpuacct (v2 cpu.stat has the CPU time), freezer (v2
+    cgroup.kill) and cpu (without a cpus limit) would only cost a mkdir, a
+    join and an rmdir per sandbox."""
+
+    def __init__(self):
+        self.stats = set()
+        self.kill = False
+
+    @staticmethod
+    def _stats_of(h):
+        return {k for k, spec in h.table.stats.items() if h.offers(spec.controller)}
+
+    @staticmethod
+    def _kills(h):
+        t = h.table
+        return (t.kill is not None and h.offers(t.kill[0])
+                and _kernel_version() >= t.kill_since)
+
+    @staticmethod
+    def _freezes(h):
+        return h.table.freeze is not None and h.offers(h.table.freeze.controller)
+
+    def wants(self, h):
+        if self._stats_of(h) - self.stats:
+            return True
+        return not self.kill and (self._kills(h) or self._freezes(h))
+
+    def add(self, h):
+        self.stats |= self._stats_of(h)
+        self.kill = self.kill or self._kills(h)
 
 
 def _required_step(h, chosen):

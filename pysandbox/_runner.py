@@ -375,7 +375,7 @@ class SandboxProcess:
             # left nothing behind, else it stays so that a timeout or
             # kill_tree() can still kill through it
             self._cgstats = self._cg.stats()
-            if self._cg.remove():
+            if self._cg.remove(self._cgstats):
                 self._cg = None
 
     def poll(self):

@@ -715,6 +715,35 @@ def test_stats_shape_and_v2_core(env):
             assert "populated 0" in f.read()
 
 
+def test_no_cgroup_in_a_hierarchy_that_adds_nothing(env):
+    """Where a cgroup2 tree gives the CPU time (cpu.stat) and the tree kill
+    (cgroup.kill), the v1 cpuacct and freezer hierarchies add nothing and
+    get no cgroup, nor v1 cpu without a cpus limit (each would cost a mkdir,
+    a join and an rmdir per sandbox); the figures and the kill still work."""
+    need(memory=True)
+    hiers = cgd._hierarchies()
+    v2 = [h for h in hiers if h.version == 2 and cgd._Served._kills(h)]
+    v1 = {h.label for h in hiers if h.version == 1}
+    if not v2 or not v1 & {"cpuacct", "freezer"}:
+        pytest.skip(f"no cgroup2 tree with cgroup.kill beside v1 cpuacct/freezer: {hiers}")
+    cg = env.open(memory=64 * MiB)
+    labels = set(cg.paths)
+    assert not labels & {"cpuacct", "freezer", "cpu", "cpu,cpuacct"}, labels
+    assert "memory" in labels and any(h.version == 2 for h in cg._dirs), labels
+    run = cg.new_run()
+    w = env.worker(run.procs_fds, BURN, 0.3)
+    assert w.finish() == 0
+    assert run.stats()["cpu_time"] >= 0.2
+    w = env.worker(run.procs_fds, "import time; print('READY', flush=True); time.sleep(60)")
+    run.close_fds()
+    w.expect("READY")
+    assert run.kill() is True
+    assert w.finish() == -9
+    # with the cpus limit, the cpu hierarchy is back (it holds the limit)
+    if any(h.version == 1 and "cpu" in h.controllers for h in hiers):
+        assert any("cpu" in h.controllers for h in env.open(cpus=0.5)._dirs if h.version == 1)
+
+
 def test_refused_limit_leaves_nothing_behind(env):
     """A limit the kernel refuses half-way (here: more CPU than an ancestor's
     quota, which v1 rejects with EINVAL) raises SetupError naming the step
