@@ -19,7 +19,10 @@ Layout (NAME = pysandbox-<creator pid>-<counter>):
     <caller's cgroup>/NAME/init       v2 only: the init's leaf (v2's "no internal
                                       processes" rule: NAME itself must stay empty
                                       for its controllers to reach the runs)
-    <caller's cgroup>/NAME/run-N      one per run: per-run stats and kill
+    <caller's cgroup>/NAME/run-N      one per run: per-run stats and kill; made
+                                      ahead while the previous run's command
+                                      runs, removed (when the run left it
+                                      empty) while the next one's does
 
 Facts about the kernels this was written against (Debian 12 VM, 6.x, v1
 controllers + a hugetlb-only cgroup2 tree at /sys/fs/cgroup/unified):
@@ -49,6 +52,7 @@ import errno
 import itertools
 import math
 import os
+import queue
 import re
 import select
 import signal
@@ -190,6 +194,7 @@ _CFS_MIN_QUOTA = 1_000      # us, the kernel's minimum
 _CFS_MAX_PERIOD = 1_000_000
 
 _NAME_RE = re.compile(r"^pysandbox-(\d+)-(\d+)$")
+_ENDED_MAX = 4               # ended runs' cgroups left for housekeeping()
 _counter = itertools.count()
 _KILL_TIMEOUT = 5.0
 
@@ -707,12 +712,14 @@ class RunCgroup(_Group):
         for fd in fds:
             os.close(fd)
 
-    def remove(self, stats=None):
+    def remove(self, stats=None, later=False):
         """rmdir when empty; if processes remain it is left for
         SandboxCgroup.remove (which kills them).  Counters that the kernel
         keeps per cgroup only (summed over the subtree, e.g. v1 oom_kill)
-        are handed to the sandbox before their directory goes (`stats`:
-        what stats() read at the command's exit, not read again)."""
+        are handed to the sandbox when their directory goes.  `stats`: what
+        stats() read at the command's exit; when it shows nothing of the run
+        left and `later` is true, the rmdir waits for the next
+        SandboxCgroup.housekeeping()."""
         self.close_fds()
         retired = {}
         for key in _STAT_KEYS:
@@ -720,6 +727,9 @@ class RunCgroup(_Group):
             if spec is not None and spec.subtree:
                 value = stats.get(key) if stats is not None else None
                 retired[key] = (self._stat(key) if value is None else value) or 0
+        if (later and stats is not None and stats.get("pids_current") == 0
+                and self._sandbox._remove_later(self, retired)):
+            return True
         gone = _rmdir_trees(self._dirs.values()) is None
         if gone:   # else still the sandbox's to kill and remove
             self._sandbox._forget(self, retired)
@@ -742,6 +752,8 @@ class SandboxCgroup(_Group):
         self.drivers = drivers or {}   # {"memory": 1, ...}: the cgroup version enforcing each
         self._lock = threading.Lock()
         self._runs = []
+        self._ahead = None   # a run cgroup made ahead for the next run
+        self._ended = []     # (run, retired counters): ended empty, rmdir pending
         self._run_hiers = None
         self._retired = {}   # counts of removed runs the kernel does not keep
         self._run_counter = itertools.count(1)
@@ -809,11 +821,14 @@ class SandboxCgroup(_Group):
         return out
 
     def new_run(self):
-        """A child cgroup "run-N" in each hierarchy a run needs."""
+        """A child cgroup "run-N" in each hierarchy a run needs (made ahead
+        by housekeeping() when it could)."""
         with self._lock:
             if self._removed:
                 raise ValueError("the sandbox cgroup was removed")
-            run = self._make_run()
+            run, self._ahead = self._ahead, None
+            if run is None:
+                run = self._make_run()
             self._runs.append(run)
             return run
 
@@ -835,6 +850,46 @@ class SandboxCgroup(_Group):
                     pass
             raise _error(e.errno, "cgroup create run", e.filename,
                          _advice(e.errno, e.filename)) from None
+
+    def _remove_later(self, run, retired):
+        """Leave an ended run's empty cgroup to housekeeping() (a few at
+        most: popen() users may never call run())."""
+        with self._lock:
+            if self._removed or run not in self._runs or len(self._ended) >= _ENDED_MAX:
+                return False
+            self._ended.append((run, retired))
+            return True
+
+    def housekeeping(self):
+        """Called once a run's request is sent: the janitor thread removes the
+        cgroups of the runs that ended empty and makes the next run's cgroup,
+        on the other CPU while the caller waits for its command (inline,
+        each mkdir and rmdir, ~25 us a hierarchy, was on the runs' path)."""
+        _JANITOR.submit(self)
+
+    def _housekeeping(self):
+        """The janitor's work for this sandbox.  A failure is left to the
+        path that needs the result: new_run() makes the cgroup itself,
+        remove() takes every directory.  After remove() nothing is made:
+        _make_run() runs under the lock that remove() marks the end under."""
+        with self._lock:
+            if self._removed:
+                return
+            ended, self._ended = self._ended, []
+        for run, retired in ended:
+            if _rmdir_trees(run._dirs.values()) is None:
+                self._forget(run, retired)
+            else:
+                with self._lock:
+                    if not self._removed:
+                        self._ended.append((run, retired))
+        with self._lock:
+            if self._removed or self._ahead is not None:
+                return
+            try:
+                self._ahead = self._make_run()
+            except (OSError, SetupError):
+                pass
 
     def _forget(self, run, retired=None):
         with self._lock:
@@ -865,6 +920,10 @@ class SandboxCgroup(_Group):
             if self._removed:
                 return
             runs, self._runs = self._runs, []
+            if self._ahead is not None:
+                runs.append(self._ahead)
+                self._ahead = None
+            self._ended = []     # (their directories go with the sandbox's)
         for r in runs:
             r.close_fds()
         fds, self.procs_fds = self.procs_fds, []
@@ -1147,6 +1206,43 @@ def open_sandbox_cgroup(memory=None, pids=None, cpus=None, parent=None, *, _vers
             _undo(made)
             raise _error(e.errno, "cgroup create", e.filename, _advice(e.errno, e.filename)) from None
     raise _error(errno.EEXIST, "cgroup create", None, "could not find a free cgroup name")
+
+
+class _Janitor:
+    """One daemon thread per process (a new one after a fork) that runs the
+    sandboxes' SandboxCgroup._housekeeping()."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._queue = None
+        self._pid = None
+
+    def submit(self, cg):
+        if self._pid != os.getpid():
+            with self._lock:
+                if self._pid != os.getpid():
+                    q = queue.SimpleQueue()
+                    try:
+                        threading.Thread(target=self._serve, args=(q,), daemon=True,
+                                         name=JANITOR_THREAD).start()
+                    except RuntimeError:
+                        return      # no thread: runs make their own cgroups
+                    self._queue, self._pid = q, os.getpid()
+        self._queue.put(cg)
+
+    @staticmethod
+    def _serve(q):
+        while True:
+            cg = q.get()
+            try:
+                cg._housekeeping()
+            except Exception:   # noqa: BLE001 -- left to the path that needs it
+                pass
+            del cg
+
+
+JANITOR_THREAD = "pysandbox-cgroups"
+_JANITOR = _Janitor()
 
 
 def _kernel_version():

@@ -124,6 +124,7 @@ class SandboxProcess:
         self.timed_out = False
         self.pid = None
         self._cg = None        # the run's cgroup, when the sandbox has limits
+        self._cg_later = False  # its rmdir may wait for the next run's housekeeping
         self._cgstats = None
         self._argv0 = None
         self._cwd = None
@@ -196,6 +197,12 @@ class SandboxProcess:
                 sandbox._send(req, fds)
             if self._cg is not None:
                 self._cg.close_fds()
+                if not queued_ahead:
+                    # while the command runs: the ended runs' cgroups go,
+                    # the next run's is made (the janitor thread, off this
+                    # path; not for pysandbox.run(), which has one run)
+                    sandbox._cgroup.housekeeping()
+                    self._cg_later = True
             if queued_ahead:
                 # pysandbox.run(): the request went ahead of init's READY
                 # (its set-up failure raises here); the run starts now
@@ -375,7 +382,7 @@ class SandboxProcess:
             # left nothing behind, else it stays so that a timeout or
             # kill_tree() can still kill through it
             self._cgstats = self._cg.stats()
-            if self._cg.remove(self._cgstats):
+            if self._cg.remove(self._cgstats, later=self._cg_later):
                 self._cg = None
 
     def poll(self):

@@ -284,8 +284,54 @@ def test_sandbox_stats_remember_an_oom_kill_of_a_finished_run(no_leaks):
         r = s.run(["python3", "-c", HOG], timeout=60)
         assert r.oom_killed is True
         st = s.stats()
-        assert st["oom_kills"] >= 1
+        assert st["oom_kills"] == 1
         assert st["oom_killed"] is True
+        # the run's cgroup goes while the next command runs: its count is
+        # then the sandbox's, once (not lost, not twice)
+        assert s.run(["true"]).returncode == 0
+        assert s.stats()["oom_kills"] == 1
+
+
+# a shell that prints its own cgroups with builtins only: one process
+CGROUP_OF_RUN = ["sh", "-c", 'while read -r l; do echo "$l"; done < /proc/self/cgroup']
+
+
+@needs_root
+def test_run_cgroups_are_made_ahead_and_removed_behind(rootfs, no_leaks, monkeypatch):
+    # a run's cgroup is made (a mkdir per hierarchy) while the previous
+    # run's command runs, and removed while the next one's does, by a
+    # thread of the library: neither is on a run's own path
+    with Sandbox(rootfs, memory="64M", pids=32) as s:
+        base = s._cgroup.paths["pids"]
+
+        def runs():
+            return {os.path.basename(d) for d in glob.glob(os.path.join(base, "run-*"))}
+
+        def cgroup_of(r):
+            assert r.returncode == 0, r.stderr
+            return [x for x in r.stdout.splitlines() if ":pids:" in x][0].rsplit("/", 1)[1]
+
+        first = cgroup_of(s.run(CGROUP_OF_RUN, capture_output=True, text=True))
+        assert wait_until(lambda: len(runs() - {first}) == 1, 10), (first, runs())
+        ahead = (runs() - {first}).pop()                # made while `first` ran
+        assert procs_below(os.path.join(base, ahead)) == []
+        second = cgroup_of(s.run(CGROUP_OF_RUN, capture_output=True, text=True))
+        assert second == ahead                          # the next run got it
+        assert wait_until(lambda: first not in runs(), 10)   # gone while `second` ran
+        for _ in range(5):
+            assert s.run(["true"]).returncode == 0
+            assert len(runs()) <= _cgroup._ENDED_MAX + 2, runs()
+        # the last run's and the next's
+        assert wait_until(lambda: len(runs()) <= 2, 10), runs()
+        for _ in range(10):
+            assert s.popen(["true"]).wait(timeout=30) == 0
+        assert wait_until(lambda: len(runs()) <= 2, 10), runs()
+        # without the thread the runs still get their cgroups (made and
+        # removed on their own path), and a few ended ones wait, no more
+        monkeypatch.setattr(_cgroup._JANITOR, "submit", lambda cg: None)
+        for _ in range(10):
+            assert cgroup_of(s.run(CGROUP_OF_RUN, capture_output=True, text=True))
+        assert len(runs()) <= _cgroup._ENDED_MAX + 1, runs()
 
 
 # -- cpus -----------------------------------------------------------------------
@@ -624,6 +670,16 @@ def test_timeout_kills_the_whole_tree_via_the_cgroup(tiny, main, no_leaks):
             bystander.kill()
             bystander_rc = bystander.wait(timeout=30)
         runs = [d for sd in new for d in glob.glob(os.path.join(sd, "run-*"))]
+        held = [pid for d in runs for pid in procs_below(d)]
+        # a run's cgroup goes while the next run's command runs (and one is
+        # made ahead for the run after): one more run leaves only those two
+        assert s.run(["true"]).returncode == 0
+
+        def after():
+            return {os.path.basename(d) for sd in new
+                    for d in glob.glob(os.path.join(sd, "run-*"))}
+        wait_until(lambda: len(after()) <= 2, 10)
+        after = after()
     assert output == "ready\n"
     assert timed_out is True
     assert gc_ran                                       # the setsid'd grandchild existed
@@ -634,8 +690,10 @@ def test_timeout_kills_the_whole_tree_via_the_cgroup(tiny, main, no_leaks):
     # nothing else in the sandbox was touched
     assert bystander_alive
     assert bystander_rc == -signal.SIGKILL
-    # the run cgroups are gone (once the bystander ended too)
-    assert runs == [], runs
+    # the run cgroups hold nothing (once the bystander ended too) and go
+    assert held == [], held
+    assert len(after) <= 2, after
+    assert cg_dirs() == before
 
 
 # -- rootless -------------------------------------------------------------------
