@@ -730,9 +730,10 @@ class RunCgroup(_Group):
         if (later and stats is not None and stats.get("pids_current") == 0
                 and self._sandbox._remove_later(self, retired)):
             return True
-        gone = _rmdir_trees(self._dirs.values()) is None
-        if gone:   # else still the sandbox's to kill and remove
-            self._sandbox._forget(self, retired)
+        with self._sandbox._tally:
+            gone = _rmdir_trees(self._dirs.values()) is None
+            if gone:   # else still the sandbox's to kill and remove
+                self._sandbox._forget(self, retired)
         return gone
 
     def __repr__(self):
@@ -754,6 +755,11 @@ class SandboxCgroup(_Group):
         self._runs = []
         self._ahead = None   # a run cgroup made ahead for the next run
         self._ended = []     # (run, retired counters): ended empty, rmdir pending
+        self._closing = False  # remove() has begun
+        # held around a run cgroup's rmdir with the hand-over of its counters,
+        # and around stats()' walk with the adding of them: a reader never
+        # sees a count in both places, or in neither
+        self._tally = threading.Lock()
         self._run_hiers = None
         self._retired = {}   # counts of removed runs the kernel does not keep
         self._run_counter = itertools.count(1)
@@ -855,7 +861,7 @@ class SandboxCgroup(_Group):
         """Leave an ended run's empty cgroup to housekeeping() (a few at
         most: popen() users may never call run())."""
         with self._lock:
-            if self._removed or run not in self._runs or len(self._ended) >= _ENDED_MAX:
+            if self._closing or run not in self._runs or len(self._ended) >= _ENDED_MAX:
                 return False
             self._ended.append((run, retired))
             return True
@@ -870,21 +876,24 @@ class SandboxCgroup(_Group):
     def _housekeeping(self):
         """The janitor's work for this sandbox.  A failure is left to the
         path that needs the result: new_run() makes the cgroup itself,
-        remove() takes every directory.  After remove() nothing is made:
-        _make_run() runs under the lock that remove() marks the end under."""
+        remove() takes every directory.  Once remove() has begun nothing is
+        made: it sets _closing first thing, under the lock _make_run() runs
+        under."""
         with self._lock:
-            if self._removed:
+            if self._closing:
                 return
             ended, self._ended = self._ended, []
         for run, retired in ended:
-            if _rmdir_trees(run._dirs.values()) is None:
-                self._forget(run, retired)
-            else:
+            with self._tally:
+                gone = _rmdir_trees(run._dirs.values()) is None
+                if gone:
+                    self._forget(run, retired)
+            if not gone:
                 with self._lock:
-                    if not self._removed:
+                    if not self._closing:
                         self._ended.append((run, retired))
         with self._lock:
-            if self._removed or self._ahead is not None:
+            if self._closing or self._ahead is not None:
                 return
             try:
                 self._ahead = self._make_run()
@@ -899,10 +908,12 @@ class SandboxCgroup(_Group):
                     self._retired[key] = self._retired.get(key, 0) + value
 
     def stats(self):
-        out = super().stats()
-        with self._lock:
-            for key, value in self._retired.items():
-                out[key] = (out.get(key) or 0) + value
+        with self._tally:
+            out = super().stats()
+            with self._lock:
+                retired = dict(self._retired)
+        for key, value in retired.items():
+            out[key] = (out.get(key) or 0) + value
         out["oom_killed"] = out["oom_kills"] > 0
         return out
 
@@ -919,6 +930,7 @@ class SandboxCgroup(_Group):
         with self._lock:
             if self._removed:
                 return
+            self._closing = True   # from here the janitor makes nothing
             runs, self._runs = self._runs, []
             if self._ahead is not None:
                 runs.append(self._ahead)
@@ -1172,7 +1184,7 @@ def open_sandbox_cgroup(memory=None, pids=None, cpus=None, parent=None, *, _vers
                     _undo([p])
                     continue
                 dirs[h] = p
-                served.add(h)
+                served.add(h, p)
             if retry:
                 _undo(made)
                 continue
@@ -1259,21 +1271,25 @@ class _Served:
     hierarchy that would add neither gets no cgroup: on a v1 machine with
     a cgroup2 tree, cpuacct (v2 cpu.stat has the CPU time), freezer (v2
     cgroup.kill) and cpu (without a cpus limit) would only cost a mkdir, a
-    join and an rmdir per sandbox."""
+    join and an rmdir per sandbox.  What a hierarchy might add is read from
+    the tables; what it does add, from the files of the cgroup made there
+    (cpu.stat and cgroup.kill are younger than cgroup2 itself)."""
 
     def __init__(self):
         self.stats = set()
         self.kill = False
 
     @staticmethod
-    def _stats_of(h):
-        return {k for k, spec in h.table.stats.items() if h.offers(spec.controller)}
+    def _stats_of(h, d=None):
+        return {k for k, spec in h.table.stats.items() if h.offers(spec.controller)
+                and (d is None or os.path.exists(os.path.join(d, spec.file)))}
 
     @staticmethod
-    def _kills(h):
-        t = h.table
-        return (t.kill is not None and h.offers(t.kill[0])
-                and _kernel_version() >= t.kill_since)
+    def _kills(h, d=None):
+        k = h.table.kill
+        return (k is not None and h.offers(k[0])
+                and (os.path.exists(os.path.join(d, k[1])) if d is not None
+                     else _kernel_version() >= h.table.kill_since))
 
     @staticmethod
     def _freezes(h):
@@ -1284,9 +1300,9 @@ class _Served:
             return True
         return not self.kill and (self._kills(h) or self._freezes(h))
 
-    def add(self, h):
-        self.stats |= self._stats_of(h)
-        self.kill = self.kill or self._kills(h)
+    def add(self, h, d):
+        self.stats |= self._stats_of(h, d)
+        self.kill = self.kill or self._kills(h, d)
 
 
 def _required_step(h, chosen):

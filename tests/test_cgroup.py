@@ -744,6 +744,36 @@ def test_no_cgroup_in_a_hierarchy_that_adds_nothing(env):
         assert any("cpu" in h.controllers for h in env.open(cpus=0.5)._dirs if h.version == 1)
 
 
+def test_nothing_made_ahead_once_the_sandbox_cgroup_goes(env):
+    """The janitor thread (it makes the next run's cgroup while a command
+    runs) must not make one while, or after, the sandbox's cgroup is being
+    removed: it would leave its cgroup.procs fds open for good."""
+    need()
+    prefix = f"pysandbox-{os.getpid()}-"
+
+    def our_fds():
+        out = []
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                if prefix in os.readlink(f"/proc/self/fd/{fd}"):
+                    out.append(fd)
+            except OSError:
+                pass
+        return out
+    cgs = []
+    for _ in range(150):
+        cg = env.open()
+        cg.new_run().close_fds()
+        cg.housekeeping()
+        cg.remove()
+        cgs.append(cg)
+    deadline = time.monotonic() + 10
+    while our_fds() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [cg for cg in cgs if cg._ahead is not None] == []
+    assert our_fds() == []
+
+
 def test_refused_limit_leaves_nothing_behind(env):
     """A limit the kernel refuses half-way (here: more CPU than an ancestor's
     quota, which v1 rejects with EINVAL) raises SetupError naming the step

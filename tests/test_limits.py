@@ -288,8 +288,44 @@ def test_sandbox_stats_remember_an_oom_kill_of_a_finished_run(no_leaks):
         assert st["oom_killed"] is True
         # the run's cgroup goes while the next command runs: its count is
         # then the sandbox's, once (not lost, not twice)
+        hog_cg = os.path.join(s._cgroup.paths["memory"], "run-1")    # the first run's
+        assert os.path.isdir(hog_cg)
         assert s.run(["true"]).returncode == 0
+        assert wait_until(lambda: not os.path.exists(hog_cg), 10)
         assert s.stats()["oom_kills"] == 1
+
+
+@needs_root
+def test_sandbox_stats_read_while_run_cgroups_go(no_leaks):
+    # another thread reading s.stats() while ended runs' cgroups are removed
+    # (by the library's thread, during the next command) sees each OOM kill
+    # once: never twice (the directory and the sandbox's tally) nor not at all
+    with Sandbox(memory="48M") as s:
+        done, wrong, reads = threading.Event(), [], [0]
+        returned, started = [0], [0]    # OOM-killed runs returned / started
+
+        def monitor():
+            while not done.is_set():
+                low = returned[0]
+                n = s.stats()["oom_kills"]
+                high = started[0]
+                reads[0] += 1
+                if not low <= n <= high:
+                    wrong.append((low, n, high))
+        t = threading.Thread(target=monitor)
+        t.start()
+        try:
+            for _ in range(6):
+                started[0] += 1
+                assert s.run(["python3", "-c", HOG], timeout=60).oom_killed is True
+                returned[0] += 1
+                assert s.run(["sleep", "0.05"]).returncode == 0
+        finally:
+            done.set()
+            t.join()
+        assert reads[0] > 100
+        assert wrong == [], wrong[:10]
+        assert s.stats()["oom_kills"] == 6
 
 
 # a shell that prints its own cgroups with builtins only: one process
