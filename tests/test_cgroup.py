@@ -774,6 +774,47 @@ def test_nothing_made_ahead_once_the_sandbox_cgroup_goes(env):
     assert our_fds() == []
 
 
+MOVE_SELF = r'''
+import json, os, sys
+from pysandbox import _cgroup as cgd
+before = {h.label: h.base for h in cgd._hierarchies()}
+pids = [h for h in cgd._hierarchies() if h.version == 1 and "pids" in h.controllers][0]
+child = os.path.join(pids.base, sys.argv[1])
+os.mkdir(child)
+try:
+    with open(os.path.join(child, "cgroup.procs"), "w") as f:
+        f.write(str(os.getpid()))
+    try:
+        moved = {h.label: h.base for h in cgd._hierarchies()}
+    finally:
+        with open(os.path.join(pids.base, "cgroup.procs"), "w") as f:
+            f.write(str(os.getpid()))
+    back = {h.label: h.base for h in cgd._hierarchies()}
+finally:
+    os.rmdir(child)
+print(json.dumps([before, moved, back, child]))
+'''
+
+
+def test_hierarchies_follow_a_move_of_the_process(env):
+    """The hierarchies (parsed from mountinfo) are kept a few seconds, but a
+    move of the process to another cgroup is seen at once: sandboxes go
+    below the cgroup the caller is in now.  (A child process we start
+    moves itself, and back.)"""
+    need(pids=True)
+    if not any(h.version == 1 and "pids" in h.controllers for h in cgd._hierarchies()):
+        pytest.skip("no v1 pids hierarchy to move within")
+    r = subprocess.run([sys.executable, "-c", MOVE_SELF, f"pysandbox-test-move-{os.getpid()}"],
+                       capture_output=True, text=True, timeout=60,
+                       env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+    assert r.returncode == 0, r.stderr
+    before, moved, back, child = json.loads(r.stdout)
+    assert moved["pids"] == child != before["pids"]
+    assert back == before
+    assert {k: v for k, v in moved.items() if k != "pids"} == \
+        {k: v for k, v in before.items() if k != "pids"}
+
+
 def test_refused_limit_leaves_nothing_behind(env):
     """A limit the kernel refuses half-way (here: more CPU than an ancestor's
     quota, which v1 rejects with EINVAL) raises SetupError naming the step
