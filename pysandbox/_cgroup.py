@@ -962,8 +962,13 @@ class SandboxCgroup(_Group):
         for fd in fds:
             os.close(fd)
         deadline = time.monotonic() + timeout
-        self._kill(timeout=timeout)
-        failed = self._rmdir_all(deadline)
+        # usually empty already (Sandbox.close() reaps the init first, and
+        # the pid namespace's end takes every process of it): then one pass
+        # of rmdir is all; a cgroup still populated refuses it (EBUSY)
+        failed = _rmdir_trees(self._dirs.values())
+        if failed is not None:
+            self._kill(timeout=timeout)
+            failed = self._rmdir_all(deadline)
         if failed is not None:
             path, err = failed
             raise _error(err, "cgroup remove", path,
