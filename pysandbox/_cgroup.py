@@ -48,6 +48,7 @@ controllers + a hugetlb-only cgroup2 tree at /sys/fs/cgroup/unified):
 """
 from __future__ import annotations
 
+import collections
 import errno
 import itertools
 import math
@@ -195,6 +196,7 @@ _CFS_MAX_PERIOD = 1_000_000
 
 _NAME_RE = re.compile(r"^pysandbox-(\d+)-(\d+)$")
 _ENDED_MAX = 4               # ended runs' cgroups left for housekeeping()
+_DROPPED_MAX = 64            # collected runs' cgroups still tried by housekeeping()
 _counter = itertools.count()
 _KILL_TIMEOUT = 5.0
 
@@ -353,12 +355,14 @@ def _hierarchies(parent=None, versions=_PREFERENCE):
     """Every hierarchy the caller is in, with base = where to create."""
     with open("/proc/self/cgroup") as f:
         text = f.read()
-    key = (None if parent is None else os.fsdecode(os.fspath(parent)), versions)
+    key = (None if parent is None else os.fsdecode(os.fspath(parent)), tuple(versions))
     now = time.monotonic()
     hit = _hier_cache.get(key)
     if hit is not None and hit[1] == text and now - hit[0] <= HIER_CACHE_SECONDS:
         return list(hit[2])
     out = _find_hierarchies(parent, versions, text)
+    if len(_hier_cache) >= 16:
+        _hier_cache.clear()     # (one entry per cgroup parent asked for)
     _hier_cache[key] = (now, text, tuple(out))
     return out
 
@@ -732,6 +736,12 @@ class RunCgroup(_Group):
         for fd in fds:
             os.close(fd)
 
+    def drop(self):
+        """remove() for a finalizer: takes no lock (see SandboxProcess.__del__);
+        the janitor removes it at the sandbox's next housekeeping()."""
+        self.close_fds()
+        self._sandbox._dropped.append(self)     # (deque: no lock)
+
     def remove(self, stats=None, later=False):
         """rmdir when empty; if processes remain it is left for
         SandboxCgroup.remove (which kills them).  Counters that the kernel
@@ -741,19 +751,28 @@ class RunCgroup(_Group):
         left and `later` is true, the rmdir waits for the next
         SandboxCgroup.housekeeping()."""
         self.close_fds()
-        retired = {}
-        for key in _STAT_KEYS:
-            spec, _ = self._stat_source(key)
-            if spec is not None and spec.subtree:
-                value = stats.get(key) if stats is not None else None
-                retired[key] = (self._stat(key) if value is None else value) or 0
-        if (later and stats is not None and stats.get("pids_current") == 0
-                and self._sandbox._remove_later(self, retired)):
-            return True
-        with self._sandbox._tally:
+        sandbox = self._sandbox
+        with sandbox._tally:
+            # the counters handed over must be final: read once nothing of the
+            # run is left (a leftover process OOM-killed after a reading would
+            # be lost with the directory); one still populated stays, counted
+            # where it is, for the sandbox to kill and remove
+            empty = stats is not None and stats.get("pids_current") == 0
+            if not empty:
+                now = self._stat("pids_current")
+                if now:
+                    return False
+            retired = {}
+            for key in _STAT_KEYS:
+                spec, _ = self._stat_source(key)
+                if spec is not None and spec.subtree:
+                    value = stats.get(key) if empty else None
+                    retired[key] = (self._stat(key) if value is None else value) or 0
+            if later and empty and sandbox._remove_later(self, retired):
+                return True
             gone = _rmdir_trees(self._dirs.values()) is None
             if gone:   # else still the sandbox's to kill and remove
-                self._sandbox._forget(self, retired)
+                sandbox._forget(self, retired)
         return gone
 
     def __repr__(self):
@@ -771,7 +790,9 @@ class SandboxCgroup(_Group):
         self.name = name
         self.limits = limits    # {"memory": bytes, "pids": n, "cpus": x} as applied
         self.drivers = drivers or {}   # {"memory": 1, ...}: the cgroup version enforcing each
-        self._lock = threading.Lock()
+        # reentrant: a finalizer (Sandbox.__del__ -> close -> remove) may run
+        # in a thread that holds it, e.g. the janitor inside _make_run()
+        self._lock = threading.RLock()
         self._runs = []
         self._ahead = None   # a run cgroup made ahead for the next run
         self._ended = []     # (run, retired counters): ended empty, rmdir pending
@@ -780,6 +801,7 @@ class SandboxCgroup(_Group):
         # and around stats()' walk with the adding of them: a reader never
         # sees a count in both places, or in neither
         self._tally = threading.Lock()
+        self._dropped = collections.deque()   # runs whose process object was collected
         self._run_hiers = None
         self._retired = {}   # counts of removed runs the kernel does not keep
         self._run_counter = itertools.count(1)
@@ -877,6 +899,24 @@ class SandboxCgroup(_Group):
             raise _error(e.errno, "cgroup create run", e.filename,
                          _advice(e.errno, e.filename)) from None
 
+    def _remove_dropped(self):
+        """The cgroups of runs whose process objects were collected (see
+        RunCgroup.drop); one still populated is tried again next time (a
+        few dozen at most: the rest go with the sandbox)."""
+        for _ in range(len(self._dropped)):
+            if self._closing:
+                return
+            try:
+                run = self._dropped.popleft()
+            except IndexError:
+                return
+            try:
+                gone = run.remove()
+            except (OSError, SetupError):
+                gone = False
+            if not gone and len(self._dropped) < _DROPPED_MAX:
+                self._dropped.append(run)
+
     def _remove_later(self, run, retired):
         """Leave an ended run's empty cgroup to housekeeping() (a few at
         most: popen() users may never call run())."""
@@ -899,6 +939,7 @@ class SandboxCgroup(_Group):
         remove() takes every directory.  Once remove() has begun nothing is
         made: it sets _closing first thing, under the lock _make_run() runs
         under."""
+        self._remove_dropped()
         with self._lock:
             if self._closing:
                 return
@@ -916,9 +957,16 @@ class SandboxCgroup(_Group):
             if self._closing or self._ahead is not None:
                 return
             try:
-                self._ahead = self._make_run()
+                run = self._make_run()
             except (OSError, SetupError):
-                pass
+                return
+            if self._closing:
+                # closed meanwhile by a finalizer in this thread (the lock is
+                # reentrant): what was made goes at once
+                run.close_fds()
+                _rmdir_trees(run._dirs.values())
+                return
+            self._ahead = run
 
     def _forget(self, run, retired=None):
         with self._lock:
@@ -956,6 +1004,7 @@ class SandboxCgroup(_Group):
                 runs.append(self._ahead)
                 self._ahead = None
             self._ended = []     # (their directories go with the sandbox's)
+            self._dropped.clear()
         for r in runs:
             r.close_fds()
         fds, self.procs_fds = self.procs_fds, []
@@ -1166,6 +1215,14 @@ def open_sandbox_cgroup(memory=None, pids=None, cpus=None, parent=None, *, _vers
     limit cannot be enforced, or when no cgroup at all can be created.
     Leaves nothing behind when it raises.
     """
+    try:
+        return _open_sandbox_cgroup(memory, pids, cpus, parent, _versions)
+    except SetupError:
+        _hier_cache.clear()     # what it says may be fixed before a retry: look again
+        raise
+
+
+def _open_sandbox_cgroup(memory, pids, cpus, parent, _versions):
     vals, wanted = _limit_values(memory, pids, cpus)
     hiers = _hierarchies(parent, _versions)
     chosen, required, optional = _plan(hiers, wanted)

@@ -455,9 +455,15 @@ class SandboxProcess:
     def __del__(self):
         if getattr(self, "_chan", None) is not None:
             self._close_chan()
-        if getattr(self, "_cg", None) is not None:
+        cg = getattr(self, "_cg", None)
+        if cg is not None:
+            # a finalizer may run in a thread that holds the sandbox cgroup's
+            # locks (the garbage collector runs where memory is allocated):
+            # the run's cgroup is only handed over, removed by the next one
+            # that takes them
+            self._cg = None
             try:
-                self._release_cgroup()
+                cg.drop()
             except Exception:
                 pass
 

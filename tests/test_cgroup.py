@@ -815,6 +815,29 @@ def test_hierarchies_follow_a_move_of_the_process(env):
         {k: v for k, v in before.items() if k != "pids"}
 
 
+def test_a_leftover_oom_killed_after_the_exit_figures_still_counts(env):
+    """An ended run's cgroup hands its per-cgroup counters (v1 oom_kill) to
+    the sandbox when it goes.  Figures read at the command's exit while a
+    leftover process still ran are not final: the leftover may be
+    OOM-killed before the directory goes, and that kill must not be lost."""
+    need(memory=True)
+    cg = env.open(memory=48 * MiB)
+    run = cg.new_run()
+    w = env.worker(run.procs_fds, "import sys; print('READY', flush=True); "
+                   "sys.stdin.readline(); b = b'\\x01' * (200 << 20); print('SURVIVED')")
+    run.close_fds()
+    w.expect("READY")
+    at_exit = run.stats()                   # (the command's exit: a leftover still runs)
+    assert at_exit["pids_current"] == 1 and at_exit["oom_kills"] == 0
+    w.proc.stdin.write("go\n")
+    w.proc.stdin.flush()
+    assert w.finish() == -9                 # OOM-killed after those figures
+    assert cg.stats()["oom_kills"] == 1
+    assert run.remove(at_exit, later=True) is True
+    assert not any(os.path.exists(d) for d in run.paths.values())
+    assert cg.stats()["oom_kills"] == 1     # handed over, not lost
+
+
 def test_refused_limit_leaves_nothing_behind(env):
     """A limit the kernel refuses half-way (here: more CPU than an ancestor's
     quota, which v1 rejects with EINVAL) raises SetupError naming the step

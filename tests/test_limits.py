@@ -10,6 +10,7 @@ tested in test_cgroup.py; Tmpfs(size=) -> ENOSPC is test_filesystem.py's
 test_tmpfs_size_limit and is not repeated here.
 """
 import errno
+import gc
 import glob
 import json
 import os
@@ -326,6 +327,33 @@ def test_sandbox_stats_read_while_run_cgroups_go(no_leaks):
         assert reads[0] > 100
         assert wrong == [], wrong[:10]
         assert s.stats()["oom_kills"] == 6
+
+
+@needs_root
+def test_collected_process_objects_with_limits(no_leaks):
+    # a SandboxProcess dropped in a reference cycle is finalized by the
+    # garbage collector in whatever thread allocates, possibly one holding
+    # the sandbox cgroup's locks (the library's thread, a stats() reader):
+    # its run cgroup must be handed over, not removed there (that hung)
+    old = gc.get_threshold()
+    gc.set_threshold(20)
+    try:
+        with Sandbox(memory="64M") as s:
+            for _ in range(300):
+                p = s.popen(["true"])
+                p.cycle = p
+                del p
+                s.stats()
+            gc.collect()
+            base = s._cgroup.paths["pids"]
+            # their cgroups go at the next runs (once their commands ended)
+
+            def fewer():
+                assert s.run(["true"]).returncode == 0
+                return len(glob.glob(os.path.join(base, "run-*"))) <= 2
+            assert wait_until(fewer, 10)
+    finally:
+        gc.set_threshold(*old)
 
 
 # a shell that prints its own cgroups with builtins only: one process
