@@ -872,7 +872,7 @@ class SandboxCgroup(_Group):
         """A child cgroup "run-N" in each hierarchy a run needs (made ahead
         by housekeeping() when it could)."""
         with self._lock:
-            if self._removed:
+            if self._closing:
                 raise ValueError("the sandbox cgroup was removed")
             run, self._ahead = self._ahead, None
             if run is None:
