@@ -736,6 +736,16 @@ class RunCgroup(_Group):
         for fd in fds:
             os.close(fd)
 
+    def _populated(self):
+        """Does a live process remain (cgroup.procs: what rmdir checks; a
+        pids count also holds exited, unreaped ones)?"""
+        for d in self._dirs.values():
+            try:
+                return bool(_read(os.path.join(d, "cgroup.procs")).split())
+            except OSError:
+                continue
+        return False
+
     def drop(self):
         """remove() for a finalizer: takes no lock (see SandboxProcess.__del__);
         the janitor removes it at the sandbox's next housekeeping()."""
@@ -758,10 +768,8 @@ class RunCgroup(_Group):
             # be lost with the directory); one still populated stays, counted
             # where it is, for the sandbox to kill and remove
             empty = stats is not None and stats.get("pids_current") == 0
-            if not empty:
-                now = self._stat("pids_current")
-                if now:
-                    return False
+            if not empty and self._populated():
+                return False
             retired = {}
             for key in _STAT_KEYS:
                 spec, _ = self._stat_source(key)
