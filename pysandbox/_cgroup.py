@@ -440,6 +440,23 @@ def _error(err, step, path, detail):
 # --------------------------------------------------------------------------
 
 
+def _can_kill(h, d=None):
+    """Can cgroup d of hierarchy h kill its whole tree at once (v2
+    cgroup.kill)?  Without d: would a cgroup made there (by the table and
+    the kernel's version)?"""
+    k = h.table.kill
+    if k is None or not h.offers(k[0]):
+        return False
+    if d is None:
+        return _kernel_version() >= h.table.kill_since
+    return os.path.exists(os.path.join(d, k[1]))
+
+
+def _can_freeze(h):
+    fz = h.table.freeze
+    return fz is not None and h.offers(fz.controller)
+
+
 def _subdirs(d):
     """The child cgroups of d; none when d cannot be read (gone meanwhile),
     as os.walk would skip it.  A cgroup directory's link count is 2 plus
@@ -597,9 +614,9 @@ class _Group:
         cgroup.freeze); returns [(dir, _Freeze)] of those written."""
         done = []
         for h, d in self._dirs.items():
-            fz = h.table.freeze
-            if h.version not in versions or fz is None or not h.offers(fz.controller):
+            if h.version not in versions or not _can_freeze(h):
                 continue
+            fz = h.table.freeze
             path = os.path.join(d, fz.file)
             try:
                 _write(path, fz.frozen if frozen else fz.thawed)
@@ -623,12 +640,8 @@ class _Group:
     def _kill(self, timeout=_KILL_TIMEOUT, versions=_PREFERENCE):
         """SIGKILL every process in the subtree, in every hierarchy, until
         none is left or `timeout` passes.  Returns True when empty."""
-        killers = []
-        for h, d in self._dirs.items():
-            k = h.table.kill
-            if h.version in versions and k is not None and h.offers(k[0]) \
-                    and os.path.exists(os.path.join(d, k[1])):
-                killers.append((os.path.join(d, k[1]), k[2]))
+        killers = [(os.path.join(d, h.table.kill[1]), h.table.kill[2])
+                   for h, d in self._dirs.items() if h.version in versions and _can_kill(h, d)]
         deadline = time.monotonic() + timeout
         delay = 0.0005
         while True:
@@ -847,11 +860,8 @@ class SandboxCgroup(_Group):
                 _spec, h = self._stat_hierarchy(key)
                 if h is not None and h not in need:
                     need.append(h)
-            killers = [h for h, d in self._dirs.items()
-                       if h.table.kill is not None and h.offers(h.table.kill[0])
-                       and os.path.exists(os.path.join(d, h.table.kill[1]))]
-            freezers = [h for h in self._dirs
-                        if h.table.freeze is not None and h.offers(h.table.freeze.controller)]
+            killers = [h for h, d in self._dirs.items() if _can_kill(h, d)]
+            freezers = [h for h in self._dirs if _can_freeze(h)]
             if not any(h in need for h in killers):
                 extra = (killers or freezers)[:1]
                 need.extend(h for h in extra if h not in need)
@@ -1374,25 +1384,14 @@ class _Served:
         return {k for k, spec in h.table.stats.items() if h.offers(spec.controller)
                 and (d is None or os.path.exists(os.path.join(d, spec.file)))}
 
-    @staticmethod
-    def _kills(h, d=None):
-        k = h.table.kill
-        return (k is not None and h.offers(k[0])
-                and (os.path.exists(os.path.join(d, k[1])) if d is not None
-                     else _kernel_version() >= h.table.kill_since))
-
-    @staticmethod
-    def _freezes(h):
-        return h.table.freeze is not None and h.offers(h.table.freeze.controller)
-
     def wants(self, h):
         if self._stats_of(h) - self.stats:
             return True
-        return not self.kill and (self._kills(h) or self._freezes(h))
+        return not self.kill and (_can_kill(h) or _can_freeze(h))
 
     def add(self, h, d):
         self.stats |= self._stats_of(h, d)
-        self.kill = self.kill or self._kills(h, d)
+        self.kill = self.kill or _can_kill(h, d)
 
 
 def _required_step(h, chosen):
