@@ -195,8 +195,7 @@ _CFS_MIN_QUOTA = 1_000      # us, the kernel's minimum
 _CFS_MAX_PERIOD = 1_000_000
 
 _NAME_RE = re.compile(r"^pysandbox-(\d+)-(\d+)$")
-_ENDED_MAX = 4               # ended runs' cgroups left for housekeeping()
-_DROPPED_MAX = 64            # collected runs' cgroups still tried by housekeeping()
+_PENDING_MAX = 16            # run cgroups left for housekeeping() to remove
 _counter = itertools.count()
 _KILL_TIMEOUT = 5.0
 
@@ -763,7 +762,7 @@ class RunCgroup(_Group):
         """remove() for a finalizer: takes no lock (see SandboxProcess.__del__);
         the janitor removes it at the sandbox's next housekeeping()."""
         self.close_fds()
-        self._sandbox._dropped.append(self)     # (deque: no lock)
+        self._sandbox._pending.append(self)     # (deque: no lock)
 
     def remove(self, stats=None, later=False):
         """rmdir when empty; if processes remain it is left for
@@ -775,12 +774,14 @@ class RunCgroup(_Group):
         SandboxCgroup.housekeeping()."""
         self.close_fds()
         sandbox = self._sandbox
+        empty = stats is not None and stats.get("pids_current") == 0
+        if later and empty and sandbox._remove_later(self):
+            return True
         with sandbox._tally:
             # the counters handed over must be final: read once nothing of the
             # run is left (a leftover process OOM-killed after a reading would
             # be lost with the directory); one still populated stays, counted
             # where it is, for the sandbox to kill and remove
-            empty = stats is not None and stats.get("pids_current") == 0
             if not empty and self._populated():
                 return False
             retired = {}
@@ -789,8 +790,6 @@ class RunCgroup(_Group):
                 if spec is not None and spec.subtree:
                     value = stats.get(key) if empty else None
                     retired[key] = (self._stat(key) if value is None else value) or 0
-            if later and empty and sandbox._remove_later(self, retired):
-                return True
             gone = _rmdir_trees(self._dirs.values()) is None
             if gone:   # else still the sandbox's to kill and remove
                 sandbox._forget(self, retired)
@@ -816,13 +815,15 @@ class SandboxCgroup(_Group):
         self._lock = threading.RLock()
         self._runs = []
         self._ahead = None   # a run cgroup made ahead for the next run
-        self._ended = []     # (run, retired counters): ended empty, rmdir pending
+        # run cgroups left for housekeeping() to remove: ended empty, or
+        # their process object collected (RunCgroup.drop); a deque, so that a
+        # finalizer adds to it without a lock
+        self._pending = collections.deque()
         self._closing = False  # remove() has begun
         # held around a run cgroup's rmdir with the hand-over of its counters,
         # and around stats()' walk with the adding of them: a reader never
         # sees a count in both places, or in neither
         self._tally = threading.Lock()
-        self._dropped = collections.deque()   # runs whose process object was collected
         self._run_hiers = None
         self._retired = {}   # counts of removed runs the kernel does not keep
         self._run_counter = itertools.count(1)
@@ -917,32 +918,31 @@ class SandboxCgroup(_Group):
             raise _error(e.errno, "cgroup create run", e.filename,
                          _advice(e.errno, e.filename)) from None
 
-    def _remove_dropped(self):
-        """The cgroups of runs whose process objects were collected (see
-        RunCgroup.drop); one still populated is tried again next time (a
-        few dozen at most: the rest go with the sandbox)."""
-        for _ in range(len(self._dropped)):
+    def _remove_pending(self):
+        """rmdir the pending run cgroups (remove(): their counters read once
+        they are empty); one still populated is tried again next time, while
+        few wait (the rest go with the sandbox)."""
+        for _ in range(len(self._pending)):
             if self._closing:
                 return
             try:
-                run = self._dropped.popleft()
+                run = self._pending.popleft()
             except IndexError:
                 return
             try:
                 gone = run.remove()
             except (OSError, SetupError):
                 gone = False
-            if not gone and len(self._dropped) < _DROPPED_MAX:
-                self._dropped.append(run)
+            if not gone and len(self._pending) < _PENDING_MAX:
+                self._pending.append(run)
 
-    def _remove_later(self, run, retired):
+    def _remove_later(self, run):
         """Leave an ended run's empty cgroup to housekeeping() (a few at
         most: popen() users may never call run())."""
-        with self._lock:
-            if self._closing or run not in self._runs or len(self._ended) >= _ENDED_MAX:
-                return False
-            self._ended.append((run, retired))
-            return True
+        if self._closing or len(self._pending) >= _PENDING_MAX:
+            return False
+        self._pending.append(run)
+        return True
 
     def housekeeping(self):
         """Called once a run's request is sent: the janitor thread removes the
@@ -957,20 +957,7 @@ class SandboxCgroup(_Group):
         remove() takes every directory.  Once remove() has begun nothing is
         made: it sets _closing first thing, under the lock _make_run() runs
         under."""
-        self._remove_dropped()
-        with self._lock:
-            if self._closing:
-                return
-            ended, self._ended = self._ended, []
-        for run, retired in ended:
-            with self._tally:
-                gone = _rmdir_trees(run._dirs.values()) is None
-                if gone:
-                    self._forget(run, retired)
-            if not gone:
-                with self._lock:
-                    if not self._closing:
-                        self._ended.append((run, retired))
+        self._remove_pending()
         with self._lock:
             if self._closing or self._ahead is not None:
                 return
@@ -1021,8 +1008,7 @@ class SandboxCgroup(_Group):
             if self._ahead is not None:
                 runs.append(self._ahead)
                 self._ahead = None
-            self._ended = []     # (their directories go with the sandbox's)
-            self._dropped.clear()
+            self._pending.clear()   # (their directories go with the sandbox's)
         for r in runs:
             r.close_fds()
         fds, self.procs_fds = self.procs_fds, []

@@ -384,7 +384,7 @@ def test_run_cgroups_are_made_ahead_and_removed_behind(rootfs, no_leaks, monkeyp
         assert wait_until(lambda: first not in runs(), 10)   # gone while `second` ran
         for _ in range(5):
             assert s.run(["true"]).returncode == 0
-            assert len(runs()) <= _cgroup._ENDED_MAX + 2, runs()
+            assert len(runs()) <= _cgroup._PENDING_MAX + 2, runs()
         # the last run's and the next's
         assert wait_until(lambda: len(runs()) <= 2, 10), runs()
         for _ in range(10):
@@ -393,9 +393,9 @@ def test_run_cgroups_are_made_ahead_and_removed_behind(rootfs, no_leaks, monkeyp
         # without the thread the runs still get their cgroups (made and
         # removed on their own path), and a few ended ones wait, no more
         monkeypatch.setattr(_cgroup._JANITOR, "submit", lambda cg: None)
-        for _ in range(10):
+        for _ in range(_cgroup._PENDING_MAX + 10):
             assert cgroup_of(s.run(CGROUP_OF_RUN, capture_output=True, text=True))
-        assert len(runs()) <= _cgroup._ENDED_MAX + 1, runs()
+        assert len(runs()) <= _cgroup._PENDING_MAX + 1, runs()
 
 
 # -- cpus -----------------------------------------------------------------------
