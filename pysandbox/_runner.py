@@ -201,7 +201,7 @@ class SandboxProcess:
                     # while the command runs: the ended runs' cgroups go,
                     # the next run's is made (the janitor thread, off this
                     # path; not for pysandbox.run(), which has one run)
-                    sandbox._cgroup.housekeeping()
+                    sandbox._cgroup.housekeeping(self._cg)
                     self._cg_later = True
             if queued_ahead:
                 # pysandbox.run(): the request went ahead of init's READY
@@ -381,7 +381,7 @@ class SandboxProcess:
             # figures at the command's exit; the cgroup goes now if the run
             # left nothing behind, else it stays so that a timeout or
             # kill_tree() can still kill through it
-            self._cgstats = self._cg.stats()
+            self._cgstats = self._cg.exit_stats()
             if self._cg.remove(self._cgstats, later=self._cg_later):
                 self._cg = None
 

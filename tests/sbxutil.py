@@ -93,6 +93,19 @@ def open_fds():
     return sorted(out)
 
 
+def fds_under(dirs):
+    """Targets of this process's fds inside any of `dirs`, sorted."""
+    out = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            t = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if any(t.startswith(d + "/") for d in dirs):
+            out.append(t)
+    return sorted(out)
+
+
 def child_pids():
     """Direct children of this process (zombies included)."""
     out = []

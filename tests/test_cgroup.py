@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from sbxutil import IS_ROOT
+from sbxutil import IS_ROOT, fds_under
 from pysandbox import _cgroup as cgd
 from pysandbox._errors import SetupError
 
@@ -836,6 +836,54 @@ def test_a_leftover_oom_killed_after_the_exit_figures_still_counts(env):
     assert run.remove(at_exit, later=True) is True
     assert not any(os.path.exists(d) for d in run.paths.values())
     assert cg.stats()["oom_kills"] == 1     # handed over, not lost
+
+
+def test_exit_figures_through_files_opened_ahead(env):
+    """open_stats() opens the files of a run's figures (the janitor does it
+    while the command runs); exit_stats() reads the figures through them
+    and closes them: the same figures as stats() reads by path.  Opened
+    after the figures were taken, or never read, they are closed: no fd is
+    left either way."""
+    need(memory=True, pids=True)
+    cg = env.open(memory=256 * MiB, pids=32)
+    run = cg.new_run()
+    dirs = list(run.paths.values())
+    w = env.worker(run.procs_fds, "import sys; b = b'\\x01' * (40 << 20); "
+                   "print('READY', flush=True); sys.stdin.readline()")
+    run.close_fds()
+    w.expect("READY")
+    files = sorted(os.path.join(d, spec.file) for spec, d in
+                   (run._stat_source(k) for k in cgd._STAT_KEYS) if spec is not None)
+    assert len(files) == len(cgd._STAT_KEYS)
+    run.open_stats()
+    assert fds_under(dirs) == files
+    w.proc.stdin.write("go\n")
+    w.proc.stdin.flush()
+    assert w.finish() == 0
+    by_path = run.stats()
+    ahead = run.exit_stats()
+    assert fds_under(dirs) == []
+    assert ahead["max_memory"] >= 40 * MiB and ahead["pids_peak"] >= 1
+    assert ahead["pids_current"] == 0 and ahead["cpu_time"] > 0
+    for key in cgd._STAT_KEYS:
+        if key == "cpu_time":   # (a counter: the same, the first reading first)
+            assert 0 < by_path[key] <= ahead[key]
+        else:
+            assert ahead[key] == by_path[key], key
+    # taken first (by path: nothing was opened), opened after: closed at once
+    late = cg.new_run()
+    late.close_fds()
+    assert late.exit_stats()["pids_current"] == 0
+    late.open_stats()
+    assert fds_under(list(late.paths.values())) == []
+    # opened, never read: its removal closes them
+    unread = cg.new_run()
+    unread.close_fds()
+    unread.open_stats()
+    assert fds_under(list(unread.paths.values())) != []
+    assert unread.remove() is True
+    assert fds_under(list(unread.paths.values())) == []
+    assert run.remove() and late.remove()
 
 
 def test_refused_limit_leaves_nothing_behind(env):
