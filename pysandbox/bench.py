@@ -362,8 +362,10 @@ def _cases(rounds, rootfs, workdir, stack):
 
 NOTES = {}
 
-# rows measured call by call in turn with their baseline
-IN_TURN = {"pool": "warm-after-refill"}
+# rows measured call by call in turn with what they are compared to: a VM's
+# speed drifts by 10-20 % from one block of calls to the next, and a ratio of
+# two blocks measures that drift as much as the two rows
+IN_TURN = {"subprocess": "warm", "pool": "warm-after-refill", "cold-busybox": "bwrap"}
 
 
 def run_bench(rounds, progress=None):
