@@ -228,8 +228,14 @@ class SandboxProcess:
         self._argv0 = os.fsdecode(argv[0])
         self._cwd = cwd
         if not _quiet:
-            # Popen semantics: the command is running (or raised) on return
-            self._handle_record(self._recv(block=True))
+            # Popen semantics: the command is running (or raised) on return;
+            # one that never started leaves no cgroup (nor its fds) to the
+            # exception's lifetime
+            try:
+                self._handle_record(self._recv(block=True))
+            except BaseException:
+                self._release_cgroup()
+                raise
 
     def _rlimit_name(self, index):
         rl = self._rlimits_sent

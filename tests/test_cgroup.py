@@ -15,6 +15,7 @@ import os
 import select
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -861,7 +862,18 @@ def test_exit_figures_through_files_opened_ahead(env):
     w.proc.stdin.flush()
     assert w.finish() == 0
     by_path = run.stats()
-    ahead = run.exit_stats()
+    real_read = cgd._read
+
+    def no_path_read(path):
+        # the run's own files are read through the fds (only a subtree's
+        # child cgroups, none here, would be read by path)
+        assert not any(path.startswith(d + "/") for d in dirs), path
+        return real_read(path)
+    cgd._read = no_path_read
+    try:
+        ahead = run.exit_stats()
+    finally:
+        cgd._read = real_read
     assert fds_under(dirs) == []
     assert ahead["max_memory"] >= 40 * MiB and ahead["pids_peak"] >= 1
     assert ahead["pids_current"] == 0 and ahead["cpu_time"] > 0
@@ -876,6 +888,29 @@ def test_exit_figures_through_files_opened_ahead(env):
     assert late.exit_stats()["pids_current"] == 0
     late.open_stats()
     assert fds_under(list(late.paths.values())) == []
+    # taken by the exit between open_stats()' check and its hand-over (the
+    # janitor preempted there): the janitor closes what it opened
+    raced = cg.new_run()
+    raced.close_fds()
+
+    class TakenFirst(list):
+        def append(self, item):
+            assert raced.exit_stats()["pids_current"] == 0   # by path: nothing yet
+            super().append(item)
+    raced._stat_fds = TakenFirst()
+    raced.open_stats()
+    assert fds_under(list(raced.paths.values())) == []
+    # one run of a sandbox holds its files at a time: the next one's opening
+    # closes them (that run reads by path at its exit)
+    first, second = cg.new_run(), cg.new_run()
+    first.close_fds()
+    second.close_fds()
+    cg._open_stats_of(first)
+    assert fds_under(list(first.paths.values())) != []
+    cg._open_stats_of(second)
+    assert fds_under(list(first.paths.values())) == []
+    assert fds_under(list(second.paths.values())) != []
+    assert first.exit_stats()["pids_current"] == 0
     # opened, never read: its removal closes them
     unread = cg.new_run()
     unread.close_fds()
@@ -883,7 +918,39 @@ def test_exit_figures_through_files_opened_ahead(env):
     assert fds_under(list(unread.paths.values())) != []
     assert unread.remove() is True
     assert fds_under(list(unread.paths.values())) == []
-    assert run.remove() and late.remove()
+    assert run.remove() and late.remove() and raced.remove() and first.remove()
+    # and the sandbox cgroup's removal closes those of the runs it removes
+    cg.remove()
+    assert fds_under(list(second.paths.values())) == []
+
+
+def test_removal_waits_for_figures_being_opened(env):
+    """The sandbox cgroup's removal waits for the janitor if it is opening a
+    run's figure files right then (preempted between its opens and their
+    hand-over): once remove() returns, no fd of them is open."""
+    need(memory=True)
+    cg = env.open(memory=64 * MiB)
+    run = cg.new_run()
+    run.close_fds()
+    dirs = list(run.paths.values())
+    opened = threading.Event()
+
+    class Preempted(list):
+        def append(self, item):
+            opened.set()
+            time.sleep(0.3)
+            super().append(item)
+    run._stat_fds = Preempted()
+    t = threading.Thread(target=cg._open_stats_of, args=(run,))
+    t.start()
+    try:
+        assert opened.wait(10)
+        assert fds_under(dirs) != []
+        cg.remove()
+        assert fds_under(dirs) == []
+    finally:
+        t.join()
+    assert fds_under(dirs) == []
 
 
 def test_refused_limit_leaves_nothing_behind(env):

@@ -421,6 +421,52 @@ def test_run_figures_files_are_opened_while_the_command_runs(no_leaks):
         assert r.max_rss >= 100 * MiB and r.pids_peak >= 2 and r.cpu_time > 0
 
 
+@needs_root
+def test_run_figures_files_never_outlive_their_run(no_leaks):
+    # the files opened for a run's exit figures are closed whatever becomes
+    # of the run: a popen() dropped while its command runs, commands running
+    # at once (one run of a sandbox holds them: the others read by path), a
+    # sandbox closed during a run, a command that never started
+    def held(p):
+        return fds_under(list(p._cg.paths.values()))
+    with Sandbox(memory="256M", pids=32) as s:
+        assert s.run(["true"]).returncode == 0
+        dropped = s.popen(["sleep", "30"])
+        assert wait_until(lambda: held(dropped) != [], 10)
+        dirs = list(dropped._cg.paths.values())
+        del dropped
+        gc.collect()
+        # (closed at once, or by the janitor if it was still opening them)
+        assert wait_until(lambda: fds_under(dirs) == [], 5)
+        a = s.popen(["sleep", "30"])
+        assert wait_until(lambda: held(a) != [], 10)
+        a_dirs = list(a._cg.paths.values())
+        b = s.popen(["sh", "-c", "read x"], stdin=PIPE)
+        assert wait_until(lambda: held(b) != [] and fds_under(a_dirs) == [], 10)
+        b.communicate(b"x\n", timeout=30)
+        assert b.returncode == 0 and fds_under(a_dirs) == []
+        a.kill()
+        assert a.wait(timeout=30) == -signal.SIGKILL
+        c = s.popen(["sleep", "30"])
+        assert wait_until(lambda: held(c) != [], 10)
+        c_dirs = list(c._cg.paths.values())
+        base = list(s._cgroup.paths.values())
+    # (close() waits for the janitor if it is opening them right then)
+    assert fds_under(c_dirs) == [] and fds_under(base) == []
+    with Sandbox(memory="256M", pids=32) as s:
+        assert s.run(["true"]).returncode == 0
+        base = list(s._cgroup.paths.values())
+        failures = []
+        for _ in range(3):
+            try:
+                s.popen(["/nonexistent-command"])
+            except FileNotFoundError as e:
+                failures.append(e)      # kept: with it, its process object
+        assert len(failures) == 3
+        assert wait_until(lambda: [f for f in fds_under(base)
+                                   if "/run-" in f and "cgroup.procs" not in f] == [], 5)
+
+
 # -- cpus -----------------------------------------------------------------------
 
 @needs_root
