@@ -285,3 +285,24 @@ def test_bench_command_table():
     assert all(r["ratio"] and r["median"] > 0 and r["rounds"] >= 1 for r in rows)
     assert not [k for k, why in skipped.items() if why.startswith("failed")], skipped
     assert "pool checkout + run" in bench_cli.format_table(rows, skipped)
+
+
+def test_bench_command_a_failing_row_spares_its_pair(monkeypatch):
+    """Rows measured in turn with another (warm with subprocess.run): one
+    that fails is reported failed alone; the other is still measured."""
+    from pysandbox import bench as bench_cli
+    real = bench_cli._cases
+
+    def cases(*args, **kwargs):
+        rows, skipped = real(*args, **kwargs)
+
+        def fails():
+            raise RuntimeError("this row fails")
+        return [(r[0], r[1], fails) + tuple(r[3:]) if r[0] == "warm" else r
+                for r in rows], skipped
+    monkeypatch.setattr(bench_cli, "_cases", cases)
+    rows, skipped = bench_cli.run_bench(2)
+    names = {r["name"] for r in rows}
+    assert "subprocess" in names and "warm" not in names, (names, skipped)
+    assert skipped["warm"] == "failed: this row fails"
+    assert all(r["ratio"] for r in rows)

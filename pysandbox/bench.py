@@ -368,6 +368,25 @@ NOTES = {}
 IN_TURN = {"subprocess": "warm", "pool": "warm-after-refill", "cold-busybox": "bwrap"}
 
 
+class _RowFailed(Exception):
+    def __init__(self, name, error):
+        super().__init__(name, error)
+        self.name, self.error = name, error
+
+
+def _tagged(name, fn):
+    """fn, whose failure names its row (rows measured in turn)."""
+    if fn is None:
+        return None
+
+    def call():
+        try:
+            fn()
+        except Exception as exc:   # noqa: BLE001
+            raise _RowFailed(name, exc) from exc
+    return call
+
+
 def run_bench(rounds, progress=None):
     """Measure every row; returns (rows, skipped) where each row is a dict
     with name, label, rounds, median, min, p90 (seconds) and ratio (to the
@@ -388,12 +407,16 @@ def run_bench(rounds, progress=None):
             group = [by_name[x] for x in (name, IN_TURN.get(name)) if x in by_name]
             if progress:
                 progress(label)
-            try:
-                all_times = _measure_in_turn([(c[2], c[5]) for c in group], n, warmup)
-            except Exception as exc:   # noqa: BLE001 -- one row fails, not the table
-                for c in group:
-                    skipped[c[0]] = f"failed: {exc}"
-                    done.add(c[0])
+            all_times = None
+            while group and all_times is None:
+                try:
+                    all_times = _measure_in_turn([(_tagged(c[0], c[2]), _tagged(c[0], c[5]))
+                                                  for c in group], n, warmup)
+                except _RowFailed as exc:   # that row fails, not its pair nor the table
+                    skipped[exc.name] = f"failed: {exc.error}"
+                    done.add(exc.name)
+                    group = [c for c in group if c[0] != exc.name]
+            if all_times is None:
                 continue
             for c, times in zip(group, all_times):
                 done.add(c[0])
