@@ -62,7 +62,7 @@ import time
 from dataclasses import dataclass
 from typing import Optional
 
-from ._errors import SetupError
+from ._errors import SandboxError, SetupError
 
 __all__ = ["open_sandbox_cgroup", "SandboxCgroup", "RunCgroup", "sweep_orphans", "available"]
 
@@ -751,8 +751,9 @@ class RunCgroup(_Group):
         self.procs_fds = _open_procs(self._dirs.values())
         # the files exit_stats() reads, opened by the janitor while the
         # command runs (open_stats): a list holding at most one tuple of
-        # (spec, dir, fd), so that the janitor's hand-over and the taking
-        # need no lock (append and pop are atomic; a finalizer may close)
+        # (key, spec, dir, fd) tuples, so that the janitor's hand-over and
+        # the taking need no lock (append and pop are atomic; a finalizer
+        # may close)
         self._stat_fds = []
         self._stats_taken = False
 
@@ -972,7 +973,7 @@ class SandboxCgroup(_Group):
         by housekeeping() when it could)."""
         with self._lock:
             if self._closing:
-                raise ValueError("the sandbox cgroup was removed")
+                raise SandboxError("the sandbox is closed (its cgroup was removed)")
             run, self._ahead = self._ahead, None
             if run is None:
                 run = self._make_run()

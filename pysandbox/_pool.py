@@ -303,6 +303,9 @@ class SandboxPool:
     def close(self):
         """Stop the refill thread and close every sandbox the pool holds.
         Idempotent."""
+        self._close(join=True)
+
+    def _close(self, join):
         st = self._state
         if st is None:
             return
@@ -311,7 +314,7 @@ class SandboxPool:
             st.error = None
             st.cond.notify_all()
         t = self._thread
-        if (t is not None and t is not threading.current_thread() and t.is_alive()
+        if (join and t is not None and t is not threading.current_thread() and t.is_alive()
                 and not sys.is_finalizing()):
             t.join()
         self._thread = None
@@ -328,8 +331,13 @@ class SandboxPool:
         self.close()
 
     def __del__(self):
+        # a finalizer runs in whatever thread collects the pool, which may
+        # hold a lock the refill thread waits for (the cgroup thread holds a
+        # sandbox's while it works, and the refill thread may be closing
+        # that sandbox): no join here.  The thread sees `closed` and ends
+        # by itself, closing what it was building; the rest is closed here.
         if getattr(self, "_owner", None) == os.getpid():
-            self.close()
+            self._close(join=False)
 
     def __repr__(self):
         st = self._state

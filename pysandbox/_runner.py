@@ -234,7 +234,9 @@ class SandboxProcess:
             try:
                 self._handle_record(self._recv(block=True))
             except BaseException:
-                self._release_cgroup()
+                cg, self._cg = self._cg, None
+                if cg is not None and not cg.remove():
+                    cg.drop()   # (interrupted, the command running: removed once it ends)
                 raise
 
     def _rlimit_name(self, index):

@@ -911,6 +911,27 @@ def test_exit_figures_through_files_opened_ahead(env):
     assert fds_under(list(first.paths.values())) == []
     assert fds_under(list(second.paths.values())) != []
     assert first.exit_stats()["pids_current"] == 0
+    # opened twice (one submission per run, but): one set of fds
+    cg._open_stats_of(second)
+    assert len(fds_under(list(second.paths.values()))) == len(files)
+    # an exception (not an OSError) half-way: what was opened is closed
+    failing = cg.new_run()
+    failing.close_fds()
+    real_open, calls = os.open, []
+
+    def third_fails(*args, **kwargs):
+        calls.append(args[0])
+        if len(calls) == 3:
+            raise MemoryError("the third file")
+        return real_open(*args, **kwargs)
+    cgd.os.open = third_fails
+    try:
+        with pytest.raises(MemoryError):
+            failing.open_stats()
+    finally:
+        cgd.os.open = real_open
+    assert len(calls) == 3 and fds_under(list(failing.paths.values())) == []
+    assert failing.remove()
     # opened, never read: its removal closes them
     unread = cg.new_run()
     unread.close_fds()

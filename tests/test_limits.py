@@ -467,6 +467,33 @@ def test_run_figures_files_never_outlive_their_run(no_leaks):
                                    if "/run-" in f and "cgroup.procs" not in f] == [], 5)
 
 
+@needs_root
+def test_interrupted_popen_leaves_no_run_cgroup(no_leaks, monkeypatch):
+    # popen() interrupted once its command runs (KeyboardInterrupt while it
+    # waits for the start record): the command runs on, as with
+    # subprocess.Popen, and its run cgroup goes once it has ended
+    from pysandbox import _runner
+    with Sandbox(memory="64M", pids=32) as s:
+        assert s.run(["true"]).returncode == 0
+        base = s._cgroup.paths["pids"]
+
+        def runs():
+            return glob.glob(os.path.join(base, "run-*"))
+
+        def interrupted(self, block):
+            raise KeyboardInterrupt
+        monkeypatch.setattr(_runner.SandboxProcess, "_recv", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            s.popen(["sleep", "1"])
+        monkeypatch.undo()
+        gc.collect()
+
+        def gone():
+            assert s.run(["true"]).returncode == 0
+            return len(runs()) <= 2
+        assert wait_until(gone, 15), runs()
+
+
 # -- cpus -----------------------------------------------------------------------
 
 @needs_root

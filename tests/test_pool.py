@@ -339,3 +339,39 @@ def test_threads_share_a_pool(rootfs):
     for _, rc, out in results:
         assert rc == 0
         assert len(out.split()) == 1, out
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="cgroup limits need root on this machine")
+def test_pool_collected_where_its_refill_thread_waits(rootfs, no_leaks, monkeypatch):
+    """A pool dropped in a reference cycle is collected in whatever thread
+    runs the garbage collector: here the library's cgroup thread, while it
+    holds the lock of a sandbox that the pool's refill thread is closing
+    (it waits for that lock).  The pool's finalizer must not wait for the
+    refill thread: everything still ends, nothing is left."""
+    from pysandbox import _cgroup
+    real = _cgroup.RunCgroup.open_stats
+    armed, collected = threading.Event(), threading.Event()
+
+    def open_stats(run):
+        real(run)
+        if armed.is_set():
+            armed.clear()
+            time.sleep(0.3)     # meanwhile the check-in reaches the refill thread
+            gc.collect()        # which collects the pool here, lock held
+            collected.set()
+    monkeypatch.setattr(_cgroup.RunCgroup, "open_stats", open_stats)
+    gc.disable()                # (only the collection above)
+    try:
+        pool = SandboxPool(1, rootfs, memory="64M")
+        pool.cycle = pool
+        s = pool.checkout()
+        dirs = list(s._cgroup.paths.values())
+        armed.set()
+        p = s.popen(["sleep", "0.2"])
+        pool.checkin(s)
+        del pool, s, p
+        assert collected.wait(10)
+        assert wait_until(lambda: not any(os.path.exists(d) for d in dirs), 10), dirs
+    finally:
+        gc.enable()
+    gc.collect()
