@@ -306,3 +306,6 @@ def test_bench_command_a_failing_row_spares_its_pair(monkeypatch):
     assert "subprocess" in names and "warm" not in names, (names, skipped)
     assert skipped["warm"] == "failed: this row fails"
     assert all(r["ratio"] for r in rows)
+    table = bench_cli.format_table(rows, skipped)
+    assert "(subprocess: timed alone: warm, timed in turn with it, failed)" in table, table
+    bench_cli.NOTES.pop("subprocess", None)

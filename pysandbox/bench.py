@@ -392,6 +392,7 @@ def run_bench(rounds, progress=None):
     with name, label, rounds, median, min, p90 (seconds) and ratio (to the
     subprocess.run median)."""
     import contextlib
+    NOTES.clear()          # (this run's: the anchors' and the rows timed alone)
     rootfs = anchor_rootfs()
     rows = []
     with contextlib.ExitStack() as stack:
@@ -416,6 +417,8 @@ def run_bench(rounds, progress=None):
                     skipped[exc.name] = f"failed: {exc.error}"
                     done.add(exc.name)
                     group = [c for c in group if c[0] != exc.name]
+                    for c in group:
+                        NOTES[c[0]] = f"timed alone: {exc.name}, timed in turn with it, failed"
             if all_times is None:
                 continue
             for c, times in zip(group, all_times):
