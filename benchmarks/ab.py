@@ -1,7 +1,8 @@
 """Interleaved A/B: this checkout against another revision, on a noisy VM.
 
     python3 benchmarks/ab.py REV [--rounds N] [--modes cold,warm,pool,binds,threads]
-    python3 benchmarks/ab.py REV --lockstep CALLS [--modes cold,warm,cold-limits,warm-limits]
+    python3 benchmarks/ab.py REV --lockstep CALLS [--modes cold,warm,pool,cold-limits,warm-limits]
+    python3 benchmarks/ab.py HEAD --lockstep CALLS --ballast GB [--modes ...]
 
 Builds REV in a temporary git worktree (`setup.py build_ext --inplace`),
 then measures both versions in alternating child processes, N rounds, and
@@ -13,8 +14,11 @@ reports its ratio to subprocess.run.  The busybox rootfs of setup-anchors.sh is 
 it exists (else the rows that need it are skipped).  --lockstep goes
 further: both versions stay alive in two processes and are called one call
 each in turn (the busybox rootfs for cold), which also gives the median of
-the pairwise ratios.  Nothing is left behind: the worktree and the bind
-directories are removed at the end.
+the pairwise ratios.  --ballast GB makes the new side's process fill GB
+of memory first: with REV=HEAD, the same code in a small and a big parent,
+call by call (the parent-RSS scaling, without the drift between blocks).
+Nothing is left behind: the worktree and the bind directories are removed
+at the end.
 """
 import argparse
 import collections
@@ -112,34 +116,50 @@ def child(tree, mode, bind_dir):
     print(json.dumps(out))
 
 
-# mode -> (sandbox limits, warm?)
+# mode -> (sandbox limits, kind: a warm run, a cold one-shot, a pool checkout + run)
 LOCKSTEP_CALLS = {
-    "cold": ({}, False),
-    "warm": ({}, True),
-    "cold-limits": ({"memory": "256M"}, False),
-    "warm-limits": ({"memory": "256M"}, True),
+    "cold": ({}, "cold"),
+    "warm": ({}, "warm"),
+    "pool": ({}, "pool"),
+    "cold-limits": ({"memory": "256M"}, "cold"),
+    "warm-limits": ({"memory": "256M"}, "warm"),
 }
 
 
-def lockstep_child(tree, mode):
+def lockstep_child(tree, mode, ballast_gb="0"):
     """One version's end of a lockstep A/B: a call per byte read on stdin,
     its time (us) written back as a line."""
     sys.path.insert(0, tree)
     import pysandbox
     assert os.path.abspath(pysandbox.__file__).startswith(tree), pysandbox.__file__
+    ballast = bytearray(int(float(ballast_gb) * (1 << 30)))
+    for i in range(0, len(ballast), 4096):
+        ballast[i] = 1                    # resident, not just reserved
     rootfs = ANCHOR_ROOTFS if os.path.isdir(ANCHOR_ROOTFS) else None
-    limits, warm = LOCKSTEP_CALLS[mode]
+    limits, kind = LOCKSTEP_CALLS[mode]
     true = ["/bin/true"]
-    if warm:
+    ready = None                          # untimed, before each timed call
+    if kind == "warm":
         s = pysandbox.Sandbox(rootfs, **limits)
         call = lambda: s.run(true)     # noqa: E731
+    elif kind == "pool":
+        s = pysandbox.SandboxPool(2, rootfs, **limits)
+        ready = s.wait_ready
+
+        def call():
+            with s.sandbox() as sb:
+                sb.run(true)
     else:
         s = None
         call = lambda: pysandbox.run(true, rootfs, **limits)   # noqa: E731
     for _ in range(20):
+        if ready:
+            ready()
         call()
     out = sys.stdout
     while sys.stdin.buffer.read(1):
+        if ready:
+            ready()
         t = time.perf_counter()
         call()
         out.write(f"{(time.perf_counter() - t) * 1e6:.1f}\n")
@@ -148,14 +168,15 @@ def lockstep_child(tree, mode):
         s.close()
 
 
-def lockstep(old, new, rev, mode, calls):
+def lockstep(old, new, rev, mode, calls, ballast_gb=0.0):
     """Both versions live at once, called in turn one call at a time: a
     drift of the VM moves both alike, down to single calls."""
     procs = {}
     for name, tree in (("old", old), ("new", new)):
+        gb = ballast_gb if name == "new" else 0.0
         procs[name] = subprocess.Popen(
-            [sys.executable, os.path.abspath(__file__), rev, "--lockstep-child", tree, mode],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            [sys.executable, os.path.abspath(__file__), rev, "--lockstep-child", tree, mode,
+             str(gb)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     times = {"old": [], "new": []}
     try:
         for i in range(calls):
@@ -171,8 +192,10 @@ def lockstep(old, new, rev, mode, calls):
     o, n = statistics.median(times["old"]), statistics.median(times["new"])
     ratios = sorted(b / a for a, b in zip(times["old"], times["new"]))
     q = statistics.quantiles(ratios, n=4)
+    big = f" (new: {ballast_gb:g} GB parent)" if ballast_gb else ""
     print(f"lockstep {mode:5s} old {o:9.1f} us   new {n:9.1f} us   new/old {n / o:.3f}   "
-          f"pairwise new/old median {q[1]:.3f} (quartiles {q[0]:.3f}-{q[2]:.3f}), {calls} pairs")
+          f"pairwise new/old median {q[1]:.3f} (quartiles {q[0]:.3f}-{q[2]:.3f}), {calls} pairs"
+          f"{big}")
 
 
 def main():
@@ -183,9 +206,12 @@ def main():
     ap.add_argument("--child", nargs=3, metavar=("TREE", "MODE", "BIND_DIR"),
                     help=argparse.SUPPRESS)
     ap.add_argument("--lockstep", type=int, metavar="CALLS", default=0,
-                    help="modes cold, warm, cold-limits, warm-limits (memory=256M): both "
-                         "versions alive, one call each in turn")
-    ap.add_argument("--lockstep-child", nargs=2, metavar=("TREE", "MODE"),
+                    help="modes cold, warm, pool, cold-limits, warm-limits (memory=256M): "
+                         "both versions alive, one call each in turn")
+    ap.add_argument("--ballast", type=float, metavar="GB", default=0.0,
+                    help="with --lockstep: the new side's process first fills GB of memory "
+                         "(REV=HEAD: the parent-RSS scaling of this checkout)")
+    ap.add_argument("--lockstep-child", nargs=3, metavar=("TREE", "MODE", "GB"),
                     help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -207,7 +233,7 @@ def main():
                            stderr=subprocess.DEVNULL)
         for mode in args.modes.split(","):
             if args.lockstep:
-                lockstep(old, HERE, args.rev, mode, args.lockstep)
+                lockstep(old, HERE, args.rev, mode, args.lockstep, args.ballast)
                 continue
             res = collections.defaultdict(lambda: collections.defaultdict(list))
             for _ in range(args.rounds):
