@@ -545,6 +545,13 @@ def _sigkill_member(pid, h, cg):
         os.close(pidfd)
 
 
+def _with_oom_flag(figures):
+    """stats() from the figures read: no OOM kill counted is 0, and the flag."""
+    figures["oom_kills"] = figures["oom_kills"] or 0
+    figures["oom_killed"] = figures["oom_kills"] > 0
+    return figures
+
+
 def _figure(spec, d, text=None):
     """The figure `spec` in cgroup d (summed over its subtree for a
     per-cgroup counter); `text`: d's own file, already read.  None when it
@@ -601,11 +608,11 @@ class _Group:
             return None
         return _figure(spec, d)
 
+    def _figures(self):
+        return {k: self._stat(k) for k in _STAT_KEYS}
+
     def stats(self):
-        out = {k: self._stat(k) for k in _STAT_KEYS}
-        out["oom_kills"] = out["oom_kills"] or 0
-        out["oom_killed"] = out["oom_kills"] > 0
-        return out
+        return _with_oom_flag(self._figures())
 
     # ---- processes ------------------------------------------------------
 
@@ -811,9 +818,7 @@ class RunCgroup(_Group):
                 out[key] = _figure(spec, d, text)
         finally:
             _close_stat_fds(opened)
-        out["oom_kills"] = out["oom_kills"] or 0
-        out["oom_killed"] = out["oom_kills"] > 0
-        return out
+        return _with_oom_flag(out)
 
     def kill(self):
         """SIGKILL every process of the run (its whole tree, setsid and
@@ -1081,13 +1086,12 @@ class SandboxCgroup(_Group):
 
     def stats(self):
         with self._tally:
-            out = super().stats()
+            out = self._figures()
             with self._lock:
                 retired = dict(self._retired)
         for key, value in retired.items():
             out[key] = (out.get(key) or 0) + value
-        out["oom_killed"] = out["oom_kills"] > 0
-        return out
+        return _with_oom_flag(out)
 
     def kill(self):
         """SIGKILL every process in the whole sandbox cgroup tree (the init
