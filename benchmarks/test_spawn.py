@@ -309,3 +309,40 @@ def test_bench_command_a_failing_row_spares_its_pair(monkeypatch):
     table = bench_cli.format_table(rows, skipped)
     assert "(subprocess: timed alone: warm, timed in turn with it, failed)" in table, table
     bench_cli.NOTES.pop("subprocess", None)
+
+
+def test_bench_command_writes_the_chart(tmp_path, capsys):
+    """`pysandbox bench --png FILE`: a PNG with a bar per row, pysandbox's
+    rows in their own colour (the pool's baseline row included), the
+    baseline and the anchors in theirs."""
+    pytest.importorskip("matplotlib")
+    from pysandbox import bench as bench_cli
+    png = tmp_path / "bench.png"
+    assert bench_cli.main(["--rounds", "1", "--png", str(png)]) == 0
+    out = capsys.readouterr().out
+    assert f"chart: {png}" in out, out
+    data = png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000, len(data)
+    rows, _ = bench_cli.run_bench(1)
+    kinds = {r["name"]: r["kind"] for r in rows}
+    assert kinds["subprocess"] == "baseline"
+    assert {n for n, k in kinds.items() if k == "pysandbox"} >= {
+        "warm", "cold", "cold-net-host", "pool", "warm-after-refill"}, kinds
+    assert all(k == "anchor" for n, k in kinds.items()
+               if n in ("bwrap", "crun", "runc", "unshare")), kinds
+    assert all(r["kind"] == "pysandbox" for r in rows
+               if r["label"].startswith("pysandbox")), rows
+
+
+def test_bench_command_without_matplotlib_measures_nothing(monkeypatch, tmp_path, capsys):
+    """--png without matplotlib is refused before any row is measured."""
+    from pysandbox import bench as bench_cli
+    monkeypatch.setattr(bench_cli, "_have_matplotlib", lambda: False)
+
+    def measured(*args, **kwargs):
+        raise AssertionError("a row was measured")
+    monkeypatch.setattr(bench_cli, "run_bench", measured)
+    png = tmp_path / "bench.png"
+    assert bench_cli.main(["--rounds", "1", "--png", str(png)]) == 2
+    assert "--png needs matplotlib" in capsys.readouterr().err
+    assert not png.exists()

@@ -367,6 +367,16 @@ NOTES = {}
 # two blocks measures that drift as much as the two rows
 IN_TURN = {"subprocess": "warm", "pool": "warm-after-refill", "cold-busybox": "bwrap"}
 
+# the rows that time pysandbox itself (the others: the baseline and anchors)
+SANDBOX_ROWS = frozenset({"warm", "cold", "cold-net-host", "pool", "warm-after-refill",
+                          "cold-busybox"})
+
+
+def _kind(name):
+    if name == "subprocess":
+        return "baseline"
+    return "pysandbox" if name in SANDBOX_ROWS else "anchor"
+
 
 class _RowFailed(Exception):
     def __init__(self, name, error):
@@ -389,8 +399,8 @@ def _tagged(name, fn):
 
 def run_bench(rounds, progress=None):
     """Measure every row; returns (rows, skipped) where each row is a dict
-    with name, label, rounds, median, min, p90 (seconds) and ratio (to the
-    subprocess.run median)."""
+    with name, kind (baseline, pysandbox or anchor), label, rounds, median,
+    min, p90 (seconds) and ratio (to the subprocess.run median)."""
     import contextlib
     NOTES.clear()          # (this run's: the anchors' and the rows timed alone)
     rootfs = anchor_rootfs()
@@ -424,7 +434,7 @@ def run_bench(rounds, progress=None):
             for c, times in zip(group, all_times):
                 done.add(c[0])
                 times.sort()
-                rows.append({"name": c[0], "label": c[1], "rounds": n,
+                rows.append({"name": c[0], "kind": _kind(c[0]), "label": c[1], "rounds": n,
                              "median": statistics.median(times), "min": times[0],
                              "p90": times[min(len(times) - 1, int(len(times) * 0.9))]})
     base = next((r["median"] for r in rows if r["name"] == "subprocess"), None)
@@ -459,6 +469,9 @@ def format_table(rows, skipped):
     return "\n".join(out)
 
 
+CHART_COLORS = {"pysandbox": "#2b7bba", "baseline": "#999999", "anchor": "#e07b39"}
+
+
 def write_png(rows, path, title):
     import matplotlib
     matplotlib.use("Agg")
@@ -466,9 +479,7 @@ def write_png(rows, path, title):
     rows = sorted(rows, key=lambda r: r["median"], reverse=True)
     fig, ax = plt.subplots(figsize=(9, 0.45 * len(rows) + 1.4))
     ms = [r["median"] * 1e3 for r in rows]
-    colors = ["#2b7bba" if r["name"] in ("warm", "pool", "cold", "cold-net-host",
-                                          "cold-busybox")
-              else "#999999" if r["name"] == "subprocess" else "#e07b39" for r in rows]
+    colors = [CHART_COLORS[r["kind"]] for r in rows]
     bars = ax.barh([r["label"] for r in rows], ms, color=colors)
     for bar, r in zip(bars, rows):
         ratio = f"  {r['median'] * 1e3:.2f} ms" + (

@@ -18,7 +18,7 @@ if [ "$(id -u)" = 0 ]; then
     fi
 fi
 
-python3 -m pip install -q -e '.[test]'
+python3 -m pip install -q -e '.[test,bench]'   # bench: matplotlib, for the chart's test
 
 echo "=== tests as $(id -un) (uid $(id -u))"
 python3 -m pytest tests -p no:cacheprovider "$@"
