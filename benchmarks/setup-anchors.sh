@@ -64,10 +64,13 @@ mv "$tmp" "$ROOTFS"
 rm -rf "$ROOTFS.old"
 trap - EXIT
 
-# One smoke run of each anchor, the way the benchmarks run them.
+# One smoke run of each anchor, the way the benchmarks run them.  bench.py
+# is run as a file: its anchors need only the standard library, and root's
+# python3 may not import pysandbox (installed in a user's venv, or this
+# checkout not built).
 echo "rootfs: $ROOTFS ($(cat "$ROOTFS/.pysandbox-bench-rootfs"))" >&2
-PYTHONPATH="$(cd "$(dirname "$0")/.." && pwd)${PYTHONPATH:+:$PYTHONPATH}" \
-    PYSANDBOX_BENCH_ROOTFS="$ROOTFS" python3 -m pysandbox.bench --check-anchors >&2 || {
+PYSANDBOX_BENCH_ROOTFS="$ROOTFS" \
+    python3 "$(cd "$(dirname "$0")/.." && pwd)/pysandbox/bench.py" --check-anchors >&2 || {
     echo "setup-anchors.sh: an anchor failed its smoke run (see above)" >&2
     exit 1
 }

@@ -15,6 +15,7 @@ with the parent's memory (the fork anchor shows what a real fork costs).
 Each benchmarked call's result is checked, so `--benchmark-disable` (one
 call each) is a fast smoke test of every path.
 """
+import os
 import subprocess
 
 import pytest
@@ -346,3 +347,35 @@ def test_bench_command_without_matplotlib_measures_nothing(monkeypatch, tmp_path
     assert bench_cli.main(["--rounds", "1", "--png", str(png)]) == 2
     assert "--png needs matplotlib" in capsys.readouterr().err
     assert not png.exists()
+
+
+def test_bench_file_runs_without_the_package(tmp_path):
+    """setup-anchors.sh runs bench.py as a file with root's python3, which
+    may not import pysandbox (installed in a venv, or a checkout not
+    built): bench.py needs only the standard library until it measures."""
+    import shutil
+    import sys
+    from pysandbox import bench as bench_cli
+    alone = tmp_path / "bench.py"
+    shutil.copy(bench_cli.__file__, alone)
+    env = dict(os.environ, PYSANDBOX_BENCH_ROOTFS=str(tmp_path / "none"))
+    env.pop("PYTHONPATH", None)
+    # (the package made unimportable, installed or not)
+    run_alone = ("import runpy, sys; sys.modules['pysandbox'] = None; "
+                 "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')")
+    r = subprocess.run([sys.executable, "-I", "-c", run_alone, str(alone), "--check-anchors"],
+                       capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60)
+    assert r.returncode == 1 and "no busybox rootfs at" in r.stderr, r
+
+
+def test_bench_through_the_cli():
+    """`pysandbox bench` (the console script's route) measures and prints
+    the rows; --json gives them with their kind and ratio."""
+    import json
+    import sys
+    r = subprocess.run([sys.executable, "-m", "pysandbox", "bench", "--rounds", "1", "--json"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    rows = {row["name"]: row for row in json.loads(r.stdout)["rows"]}
+    assert {"subprocess", "warm", "cold", "pool"} <= set(rows), rows
+    assert rows["subprocess"]["ratio"] == 1.0 and rows["warm"]["kind"] == "pysandbox"
