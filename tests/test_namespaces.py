@@ -162,6 +162,31 @@ def test_loopback_works_with_network_none():
     assert "UP" in links.stdout.split("<", 1)[1].split(">", 1)[0].split(",")
 
 
+def test_network_none_when_init_has_one_cpu():
+    """With a second CPU the init's first supervisor makes the network
+    namespace while init builds the mounts; with one, init makes it itself
+    after the build.  That path gives the same network."""
+    mask = os.sched_getaffinity(0)
+    host_net = os.readlink("/proc/self/ns/net")
+    os.sched_setaffinity(0, {min(mask)})   # this thread: the init inherits it
+    try:
+        with Sandbox(network="none") as s:
+            os.sched_setaffinity(0, mask)
+            r = s.run(["python3", "-c", LOOPBACK_ECHO], capture_output=True, text=True,
+                      timeout=20)
+            links = s.run(["sh", "-c", "readlink /proc/self/ns/net; ip -o link"],
+                          capture_output=True, text=True, timeout=20)
+    finally:
+        os.sched_setaffinity(0, mask)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "ping over lo"
+    net, rest = links.stdout.split("\n", 1)
+    assert net.startswith("net:[") and net != host_net, links.stdout
+    names = [line.split(":")[1].strip() for line in rest.splitlines()]
+    assert names == ["lo"], rest
+    assert "UP" in rest.split("<", 1)[1].split(">", 1)[0].split(",")
+
+
 def test_network_host_sees_host_interfaces(rootfs):
     host_ifaces = net_interfaces(open("/proc/net/dev").read())
     host_net = os.readlink("/proc/self/ns/net")

@@ -37,13 +37,11 @@ def refill_threads():
 
 
 def our_fds():
-    """This process's fds, without the network namespaces the core keeps
-    pre-made in its own background pool (pysandbox/_netpool.py)."""
+    """This process's fds (that are still open once listed)."""
     out = []
     for fd in open_fds():
         try:
-            if os.readlink(f"/proc/self/fd/{fd}").startswith("net:"):
-                continue
+            os.readlink(f"/proc/self/fd/{fd}")
         except OSError:
             continue
         out.append(fd)
