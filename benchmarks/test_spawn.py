@@ -282,10 +282,12 @@ def test_bench_command_table():
     rows, skipped = bench_cli.run_bench(2)
     names = {r["name"] for r in rows}
     assert {"subprocess", "warm", "cold", "cold-net-host", "pool",
-            "warm-after-refill"} <= names, (names, skipped)
+            "warm-after-refill", "subprocess-echo", "warm-echo"} <= names, (names, skipped)
     assert all(r["ratio"] and r["median"] > 0 and r["rounds"] >= 1 for r in rows)
     assert not [k for k, why in skipped.items() if why.startswith("failed")], skipped
-    assert "pool checkout + run" in bench_cli.format_table(rows, skipped)
+    table = bench_cli.format_table(rows, skipped)
+    assert "pool checkout + run" in table
+    assert "x subprocess.run(['echo','hi'], capture_output=True), timed in turn" in table, table
 
 
 def test_bench_command_a_failing_row_spares_its_pair(monkeypatch):
@@ -326,9 +328,9 @@ def test_bench_command_writes_the_chart(tmp_path, capsys):
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000, len(data)
     rows, _ = bench_cli.run_bench(1)
     kinds = {r["name"]: r["kind"] for r in rows}
-    assert kinds["subprocess"] == "baseline"
+    assert kinds["subprocess"] == kinds["subprocess-echo"] == "baseline"
     assert {n for n, k in kinds.items() if k == "pysandbox"} >= {
-        "warm", "cold", "cold-net-host", "pool", "warm-after-refill"}, kinds
+        "warm", "warm-echo", "cold", "cold-net-host", "pool", "warm-after-refill"}, kinds
     assert all(k == "anchor" for n, k in kinds.items()
                if n in ("bwrap", "crun", "runc", "unshare")), kinds
     assert all(r["kind"] == "pysandbox" for r in rows

@@ -316,6 +316,17 @@ def _cases(rounds, rootfs, workdir, stack):
     warm = stack.enter_context(Sandbox())
     cases.append(("warm", "pysandbox warm s.run(['/bin/true'])",
                   lambda: ok(warm.run([TRUE])), rounds, max(1, rounds // 10), None))
+
+    def echo_ok(r):
+        ok(r)
+        if r.stdout != b"hi\n":
+            raise RuntimeError(f"echo gave {r.stdout!r}")
+    cases.append(("subprocess-echo", "subprocess.run(['echo','hi'], capture_output=True)",
+                  lambda: echo_ok(subprocess.run(["echo", "hi"], capture_output=True)),
+                  rounds, max(1, rounds // 10), None))
+    cases.append(("warm-echo", "pysandbox warm s.run(['echo','hi'], capture_output=True)",
+                  lambda: echo_ok(warm.run(["echo", "hi"], capture_output=True)), rounds,
+                  max(1, rounds // 10), None))
     cases.append(("cold", "pysandbox cold pysandbox.run(['/bin/true'])",
                   lambda: ok(pysandbox.run([TRUE])), cold_rounds, max(1, cold_rounds // 10),
                   None))
@@ -365,15 +376,16 @@ NOTES = {}
 # rows measured call by call in turn with what they are compared to: a VM's
 # speed drifts by 10-20 % from one block of calls to the next, and a ratio of
 # two blocks measures that drift as much as the two rows
-IN_TURN = {"subprocess": "warm", "pool": "warm-after-refill", "cold-busybox": "bwrap"}
+IN_TURN = {"subprocess": "warm", "subprocess-echo": "warm-echo", "pool": "warm-after-refill",
+           "cold-busybox": "bwrap"}
 
 # the rows that time pysandbox itself (the others: the baseline and anchors)
-SANDBOX_ROWS = frozenset({"warm", "cold", "cold-net-host", "pool", "warm-after-refill",
-                          "cold-busybox"})
+SANDBOX_ROWS = frozenset({"warm", "warm-echo", "cold", "cold-net-host", "pool",
+                          "warm-after-refill", "cold-busybox"})
 
 
 def _kind(name):
-    if name == "subprocess":
+    if name.startswith("subprocess"):
         return "baseline"
     return "pysandbox" if name in SANDBOX_ROWS else "anchor"
 
@@ -440,6 +452,11 @@ def run_bench(rounds, progress=None):
     base = next((r["median"] for r in rows if r["name"] == "subprocess"), None)
     for r in rows:
         r["ratio"] = r["median"] / base if base else None
+    by_name = {r["name"]: r for r in rows}
+    if "warm-echo" in by_name and "subprocess-echo" in by_name:
+        NOTES["warm-echo"] = (f"{by_name['warm-echo']['median'] / by_name['subprocess-echo']['median']:.2f}x"
+                              " subprocess.run(['echo','hi'], capture_output=True), timed in"
+                              " turn with it")
     return rows, skipped
 
 
