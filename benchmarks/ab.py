@@ -16,7 +16,9 @@ further: both versions stay alive in two processes and are called one call
 each in turn (the busybox rootfs for cold), which also gives the median of
 the pairwise ratios.  --ballast GB makes the new side's process fill GB
 of memory first: with REV=HEAD, the same code in a small and a big parent,
-call by call (the parent-RSS scaling, without the drift between blocks).
+call by call (the parent-RSS scaling, without the drift between blocks; each
+side's RSS is printed: the small one, ~20 MB, is as small as a Python
+process with pysandbox and a sandbox gets).
 Nothing is left behind: the worktree and the bind directories are removed
 at the end.
 """
@@ -126,6 +128,14 @@ LOCKSTEP_CALLS = {
 }
 
 
+def _vm_rss_mb():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) >> 10
+    return -1
+
+
 def lockstep_child(tree, mode, ballast_gb="0"):
     """One version's end of a lockstep A/B: a call per byte read on stdin,
     its time (us) written back as a line."""
@@ -157,6 +167,8 @@ def lockstep_child(tree, mode, ballast_gb="0"):
             ready()
         call()
     out = sys.stdout
+    out.write(f"{_vm_rss_mb()}\n")        # the parent's size, as measured
+    out.flush()
     while sys.stdin.buffer.read(1):
         if ready:
             ready()
@@ -178,6 +190,7 @@ def lockstep(old, new, rev, mode, calls, ballast_gb=0.0):
             [sys.executable, os.path.abspath(__file__), rev, "--lockstep-child", tree, mode,
              str(gb)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     times = {"old": [], "new": []}
+    rss = {name: int(p.stdout.readline()) for name, p in procs.items()}
     try:
         for i in range(calls):
             for name in (("old", "new") if i % 2 else ("new", "old")):
@@ -193,6 +206,7 @@ def lockstep(old, new, rev, mode, calls, ballast_gb=0.0):
     ratios = sorted(b / a for a, b in zip(times["old"], times["new"]))
     q = statistics.quantiles(ratios, n=4)
     big = f" (new: {ballast_gb:g} GB parent)" if ballast_gb else ""
+    big += f" [RSS old {rss['old']} MB, new {rss['new']} MB]"
     print(f"lockstep {mode:5s} old {o:9.1f} us   new {n:9.1f} us   new/old {n / o:.3f}   "
           f"pairwise new/old median {q[1]:.3f} (quartiles {q[0]:.3f}-{q[2]:.3f}), {calls} pairs"
           f"{big}")
