@@ -730,7 +730,7 @@ def _open_procs(dirs):
     try:
         for d in dirs:
             fds.append(os.open(os.path.join(d, "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC))
-    except OSError:
+    except BaseException:
         for fd in fds:
             os.close(fd)
         raise
@@ -995,12 +995,14 @@ class SandboxCgroup(_Group):
                 os.mkdir(p)
                 made[h] = p
             return RunCgroup(self, name, made)
-        except OSError as e:
+        except BaseException as e:  # (KeyboardInterrupt too: nothing left)
             for p in made.values():
                 try:
                     os.rmdir(p)
                 except OSError:
                     pass
+            if not isinstance(e, OSError):
+                raise
             raise _error(e.errno, "cgroup create run", e.filename,
                          _advice(e.errno, e.filename)) from None
 
@@ -1408,6 +1410,9 @@ def _open_sandbox_cgroup(memory, pids, cpus, parent, _versions):
         except OSError as e:
             _undo(made)
             raise _error(e.errno, "cgroup create", e.filename, _advice(e.errno, e.filename)) from None
+        except BaseException:       # (KeyboardInterrupt: nothing left either)
+            _undo(made)
+            raise
     raise _error(errno.EEXIST, "cgroup create", None, "could not find a free cgroup name")
 
 

@@ -122,6 +122,9 @@ cdef unsigned long _ns_flags():
             | CLONE_NEWIPC | CLONE_NEWCGROUP)
 
 
+_FORKED = "a Sandbox cannot be used in a forked child (it belongs to the parent process)"
+
+
 cdef int _kill_and_reap(pid_t pid, int pidfd) noexcept nogil:
     cdef int status
     if pidfd >= 0:
@@ -313,6 +316,11 @@ cdef class Sandbox:
 
     # -- used by _runner ---------------------------------------------------
     def _next_run_id(self):
+        """A run begins: its id.  Not in a forked child, whose copy of the
+        sandbox shares the parent's channels, run ids and next run cgroup:
+        its run would take the parent's (and the parent's kills hit it)."""
+        if self._owner != os.getpid():
+            raise SandboxError(_FORKED)
         with self._lock:
             return next(self._run_ids)
 
@@ -343,6 +351,8 @@ cdef class Sandbox:
     def _signal(self, run_id, sig, flags):
         if self._ctrl is None:
             return
+        if self._owner != os.getpid():
+            raise SandboxError(_FORKED)
         req = _runner._REQ.pack(_runner.REQ_SIGNAL, flags, run_id, sig, 0, 0, 0, 0, 0, 0, 0)
         try:
             self._ctrl.send(req)
@@ -383,7 +393,7 @@ cdef class Sandbox:
         cdef pid_t pid
         cdef int pidfd
         ctrl = self._ctrl
-        if ctrl is None and self._pid == 0:
+        if ctrl is None and self._pid == 0 and self._cgroup is None:
             return
         self._ctrl = None
         if ctrl is not None:
@@ -398,10 +408,13 @@ cdef class Sandbox:
                 _kill_and_reap(pid, pidfd)
         elif pidfd >= 0:
             close(pidfd)
+        # (kept until removed: an interrupt here, e.g. Ctrl-C raised on the
+        # way out of the wait above, leaves it for the next close() or the
+        # garbage collector; remove() may be called again)
         cg = self._cgroup
-        self._cgroup = None
         if cg is not None and self._owner == os.getpid():
             cg.remove()
+        self._cgroup = None
 
     def __enter__(self):
         return self

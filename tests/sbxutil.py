@@ -1,5 +1,6 @@
 """Test helpers shared by tests/ and benchmarks/: a tiny rootfs made from
 host binaries, and leak probes."""
+import glob
 import os
 import shutil
 import subprocess
@@ -162,3 +163,46 @@ def alive(pid):
     except (FileNotFoundError, ProcessLookupError):
         return False
     return state not in ("Z", "X")
+
+
+# -- finding our cgroups (independently of the driver) ----------------------
+
+def _cgroup_bases():
+    """Directories of this process's own cgroups, one per mounted hierarchy
+    (from /proc/self/cgroup and /proc/self/mountinfo)."""
+    mounts = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            left, _, right = line.partition(" - ")
+            lf, rf = left.split(), right.split()
+            if len(rf) >= 3 and rf[0] in ("cgroup", "cgroup2"):
+                mounts.append((rf[0], set(rf[2].split(",")), lf[3], lf[4]))
+    bases = set()
+    with open("/proc/self/cgroup") as f:
+        for line in f:
+            hid, ctrls, path = line.rstrip("\n").split(":", 2)
+            for fstype, opts, root, mnt in mounts:
+                if hid == "0" and ctrls == "":
+                    if fstype != "cgroup2":
+                        continue
+                elif fstype != "cgroup" or not set(ctrls.split(",")) <= opts:
+                    continue
+                r = root.rstrip("/")
+                if path != root and not path.startswith(r + "/"):
+                    continue
+                bases.add(os.path.normpath(mnt + "/" + path[len(r):]))
+    return sorted(bases)
+
+
+BASES = _cgroup_bases()
+
+
+def cg_dirs(pid=None):
+    """Every pysandbox-<pid>-* cgroup directory below our own cgroups (pid:
+    the process that made them, this one by default)."""
+    pid = os.getpid() if pid is None else pid
+    out = set()
+    for b in BASES:
+        out.update(glob.glob(os.path.join(b, f"pysandbox-{pid}-*")))
+        out.update(glob.glob(os.path.join(b, "*", f"pysandbox-{pid}-*")))
+    return out

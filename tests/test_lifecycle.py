@@ -297,3 +297,37 @@ def test_failed_setup_leaks_nothing(warm, no_leaks, rootfs):
     for _ in range(20):
         with pytest.raises(SetupError):
             Sandbox(rootfs, mounts=[Tmpfs("/canary/sub")])
+
+
+def test_forked_child_cannot_use_the_parents_sandbox(rootfs):
+    """A forked child's copy of a Sandbox shares the parent's channels and
+    run ids: a run or a signal from it would land in the parent's runs.
+    Both are refused there; the parent's sandbox goes on working."""
+    with Sandbox(rootfs) as s:
+        assert s.run(["true"]).returncode == 0
+        p = s.popen(["sleep", "30"])
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:                                  # the child
+            said = []
+            for label, act in (("run", lambda: s.run(["true"])),
+                               ("popen", lambda: s.popen(["true"])),
+                               ("kill", p.kill)):
+                try:
+                    act()
+                    said.append(f"{label}:ran")
+                except SandboxError as exc:
+                    said.append(f"{label}:{'forked child' in str(exc)}")
+                except BaseException as exc:          # noqa: BLE001
+                    said.append(f"{label}:{type(exc).__name__}")
+            os.write(w, " ".join(said).encode())
+            os._exit(0)
+        os.close(w)
+        with os.fdopen(r) as f:
+            said = f.read()
+        assert os.waitpid(pid, 0)[1] == 0
+        assert said == "run:True popen:True kill:True", said
+        assert p.poll() is None                       # not killed by the child
+        assert s.run(["true"]).returncode == 0
+        p.kill()
+        assert p.wait() == -9

@@ -22,7 +22,7 @@ import threading
 import time
 
 import pytest
-from sbxutil import IS_ROOT, fds_under, init_pids, open_fds, wait_until
+from sbxutil import IS_ROOT, BASES, cg_dirs, fds_under, init_pids, open_fds, wait_until
 
 from pysandbox import PIPE, Sandbox, SetupError, TimeoutExpired
 from pysandbox import _cgroup
@@ -30,7 +30,6 @@ from pysandbox import _cgroup
 pytestmark = pytest.mark.timeout(90)
 
 MiB = 1 << 20
-ME = os.getpid()
 
 needs_root = pytest.mark.skipif(
     not IS_ROOT, reason="cgroup limits need root on this machine (uid 65534 cannot create "
@@ -62,47 +61,6 @@ def busy(seconds):
 
 def sh(script):
     return ["sh", "-c", script]
-
-
-# -- finding our cgroups (independently of the driver) ----------------------
-
-def _cgroup_bases():
-    """Directories of this process's own cgroups, one per mounted hierarchy
-    (from /proc/self/cgroup and /proc/self/mountinfo)."""
-    mounts = []
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            left, _, right = line.partition(" - ")
-            lf, rf = left.split(), right.split()
-            if len(rf) >= 3 and rf[0] in ("cgroup", "cgroup2"):
-                mounts.append((rf[0], set(rf[2].split(",")), lf[3], lf[4]))
-    bases = set()
-    with open("/proc/self/cgroup") as f:
-        for line in f:
-            hid, ctrls, path = line.rstrip("\n").split(":", 2)
-            for fstype, opts, root, mnt in mounts:
-                if hid == "0" and ctrls == "":
-                    if fstype != "cgroup2":
-                        continue
-                elif fstype != "cgroup" or not set(ctrls.split(",")) <= opts:
-                    continue
-                r = root.rstrip("/")
-                if path != root and not path.startswith(r + "/"):
-                    continue
-                bases.add(os.path.normpath(mnt + "/" + path[len(r):]))
-    return sorted(bases)
-
-
-BASES = _cgroup_bases()
-
-
-def cg_dirs(pid=ME):
-    """Every pysandbox-<pid>-* cgroup directory below our own cgroups."""
-    out = set()
-    for b in BASES:
-        out.update(glob.glob(os.path.join(b, f"pysandbox-{pid}-*")))
-        out.update(glob.glob(os.path.join(b, "*", f"pysandbox-{pid}-*")))
-    return out
 
 
 def procs_below(d):
@@ -957,3 +915,46 @@ def test_cli_rootless_limit_exits_125(opt, no_leaks):
     assert out == ""
     assert err.startswith("pysandbox: ")
     assert "cgroup" in err and ("root" in err or "delegat" in err)
+
+
+@needs_root
+def test_interrupted_close_is_finished_by_the_next(no_leaks, monkeypatch):
+    """Ctrl-C raised on the way out of close()'s wait for the init (where
+    the GIL comes back) lands in the cgroup's removal: the sandbox keeps
+    its cgroup for the next close() (or the garbage collector) to remove."""
+    s = Sandbox(memory="64M", pids=32)
+    assert s.run(["true"]).returncode == 0
+    dirs = list(s._cgroup.paths.values())
+    real = _cgroup.SandboxCgroup.remove
+    calls = []
+
+    def remove(cg, *args, **kwargs):
+        calls.append(cg)
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+        return real(cg, *args, **kwargs)
+    monkeypatch.setattr(_cgroup.SandboxCgroup, "remove", remove)
+    with pytest.raises(KeyboardInterrupt):
+        s.close()
+    assert s.closed and all(os.path.isdir(d) for d in dirs)
+    s.close()
+    assert len(calls) == 2, calls
+    assert not any(os.path.exists(d) for d in dirs), dirs
+    s.close()                      # idempotent: nothing more to do
+    assert len(calls) == 2
+
+
+@needs_root
+def test_interrupted_construction_leaves_no_cgroup(no_leaks, monkeypatch):
+    """Ctrl-C while the sandbox cgroup is made (here: at its first limit
+    write) removes what was made, as a failed write does."""
+    real = _cgroup._apply_write
+
+    def apply_write(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(_cgroup, "_apply_write", apply_write)
+    before = cg_dirs()
+    with pytest.raises(KeyboardInterrupt):
+        Sandbox(memory="64M")
+    assert cg_dirs() == before
+    monkeypatch.setattr(_cgroup, "_apply_write", real)
