@@ -42,6 +42,13 @@ class PoolTimeout(SandboxError, TimeoutError):
 
 
 _live_pools = weakref.WeakSet()
+# every refill thread still running, with its state: a pool collected
+# shortly before the interpreter exits is gone from _live_pools, but its
+# thread may still be building or closing a sandbox (its cgroup, if the
+# thread were frozen at finalization, would stay on disk)
+_refills = {}
+_refills_lock = threading.Lock()
+EXIT_JOIN_TIMEOUT = 10.0
 
 
 @atexit.register
@@ -50,6 +57,28 @@ def _close_live_pools():
     # finalization never runs again, so joining it there would hang
     for pool in list(_live_pools):
         pool.close()
+    with _refills_lock:
+        left = list(_refills.items())
+    for t, st in left:
+        with st.cond:
+            st.closed = True
+            st.cond.notify_all()
+    for t, st in left:
+        if t is not threading.current_thread():
+            t.join(EXIT_JOIN_TIMEOUT)
+
+
+def _forget_parents_pools():
+    # a forked child owns none of them (their locks may have been copied
+    # held by a thread that does not exist here: closing them at the
+    # child's exit hung)
+    global _refills_lock
+    _refills_lock = threading.Lock()
+    _refills.clear()
+    _live_pools.clear()
+
+
+os.register_at_fork(after_in_child=_forget_parents_pools)
 
 
 class _State:
@@ -105,6 +134,14 @@ def _refill(st):
     """The refill thread: reap checked-in sandboxes, keep `size` ready.
     `st.busy` is set while it works outside the lock, and every change is
     announced with notify_all (wait_ready() waits for busy to clear)."""
+    try:
+        _refill_loop(st)
+    finally:
+        with _refills_lock:
+            _refills.pop(threading.current_thread(), None)
+
+
+def _refill_loop(st):
     cond = st.cond
     while True:
         with cond:
@@ -182,9 +219,13 @@ class SandboxPool:
         self._state = st
         self._thread = threading.Thread(target=_refill, args=(st,), daemon=True,
                                         name="pysandbox-pool-refill")
+        with _refills_lock:
+            _refills[self._thread] = st
         try:
             self._thread.start()
         except BaseException:
+            with _refills_lock:
+                _refills.pop(self._thread, None)
             self._thread = None
             self.close()
             raise
@@ -307,8 +348,8 @@ class SandboxPool:
 
     def _close(self, join):
         st = self._state
-        if st is None:
-            return
+        if st is None or os.getpid() != self._owner:
+            return     # (a forked child: the parent's pool, not its own)
         with st.cond:
             st.closed = True
             st.error = None
