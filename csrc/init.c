@@ -1064,13 +1064,23 @@ static int wait_status(const siginfo_t *si)
 
 static void sup_board_done(void);
 
+/* The command's exit, reaped during a tree kill: its record waits until
+ * the whole tree is gone (the caller's run or wait() returns then). */
+struct held_exit {
+    int held;
+    int status;
+    struct rusage ru;
+};
+
 /* Reap what is ready (or block for one when `block`).  Returns -1 when the
  * supervisor has no child left.  At the command's exit (not blocking):
  * reaped, and when it left nothing the supervisor back on the board, then
- * the record sent: the caller's next request finds it idle. */
-static int reap_children(pid_t cmd, int *cmd_reaped, int chan, int block)
+ * the record sent: the caller's next request finds it idle.  With `hold`,
+ * the command's exit is kept there instead of sent. */
+static int reap_children(pid_t cmd, int *cmd_reaped, int chan, int block,
+                         struct held_exit *hold)
 {
-    if (!*cmd_reaped && !block) {
+    if (!*cmd_reaped && !block && !hold) {
         siginfo_t si;
         struct rusage ru;
         memset(&si, 0, sizeof si);
@@ -1101,7 +1111,13 @@ static int reap_children(pid_t cmd, int *cmd_reaped, int chan, int block)
             return 0;
         if (w == cmd && !*cmd_reaped) {
             *cmd_reaped = 1;
-            send_exit(chan, cmd, status, &ru);
+            if (hold) {
+                hold->held = 1;
+                hold->status = status;
+                hold->ru = ru;
+            } else {
+                send_exit(chan, cmd, status, &ru);
+            }
         }
         block = 0;
     }
@@ -1152,9 +1168,15 @@ static int kill_listed_children(int children, int (*skip)(pid_t))
 
 /* Kill every process of this run: the supervisor is their subreaper, so
  * each orphan comes back to it; repeat until nothing is left.  `children`
- * is /proc/self/task/<tid>/children, opened before the command started. */
+ * is /proc/self/task/<tid>/children, opened before the command started.
+ * The command's exit record (when it had not exited yet) is sent once the
+ * whole tree is gone: the command dies in the first round, what it started
+ * comes back to the supervisor only then, and is killed in later rounds. */
 static void kill_tree(int children, pid_t cmd, int *cmd_reaped, int chan)
 {
+    struct held_exit hold;
+    int left;
+    memset(&hold, 0, sizeof hold);
     do {
         if (kill_listed_children(children, NULL) < 0) {
             /* cannot list (no /proc?): kill what we know, reap what is
@@ -1162,12 +1184,18 @@ static void kill_tree(int children, pid_t cmd, int *cmd_reaped, int chan)
              * rather than block on it */
             if (!*cmd_reaped)
                 kill(cmd, SIGKILL);
-            while (!*cmd_reaped && reap_children(cmd, cmd_reaped, chan, 1) == 0)
+            while (!*cmd_reaped && reap_children(cmd, cmd_reaped, chan, 1, &hold) == 0)
                 ;
-            reap_children(cmd, cmd_reaped, chan, 0);
-            return;
+            left = reap_children(cmd, cmd_reaped, chan, 0, &hold) == 0;
+            break;
         }
-    } while (reap_children(cmd, cmd_reaped, chan, 1) == 0);
+        left = reap_children(cmd, cmd_reaped, chan, 1, &hold) == 0;
+    } while (left);
+    if (hold.held) {
+        if (!left)
+            sup_board_done(); /* nothing of the run is left */
+        send_exit(chan, cmd, hold.status, &hold.ru);
+    }
 }
 
 static int parse_request(char *buf, size_t size, struct run_request *r)
@@ -1292,6 +1320,10 @@ struct sup_msg {
 };
 
 static int sig_fd = -1;
+/* init's own children list (sweep_unowned), opened in the finished
+ * container before READY, as the supervisors open theirs: a command that
+ * could mount over /proc cannot hide its orphans from the sweep */
+static int init_children = -1;
 
 /* In a supervisor, once: the commands' bounding set, ambient cleared.  The
  * supervisor keeps its own permitted set (it may raise rlimits, set ids);
@@ -1460,7 +1492,7 @@ static void serve_run(struct run_request *r, int children, int sock, int events,
             struct signalfd_siginfo si;
             while (read(events, &si, sizeof si) > 0)
                 ;
-            if (reap_children(cmd, &cmd_reaped, r->chan, 0) < 0)
+            if (reap_children(cmd, &cmd_reaped, r->chan, 0, NULL) < 0)
                 return; /* nothing of the run is left */
         }
     }
@@ -1557,6 +1589,8 @@ static void supervisor_prepare(struct sup_setup *su)
     close(CTRL_FD);
     if (sig_fd >= 0)
         close(sig_fd);
+    if (init_children >= 0)
+        close(init_children);
     prctl(PR_SET_NAME, "pysandbox-run");
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     if (getppid() != 1)
@@ -2045,7 +2079,8 @@ static void handle_request(void)
  * live supervisor owns (and what they leave behind), until none is left. */
 static void sweep_unowned(void)
 {
-    int children = open("/proc/self/task/1/children", O_RDONLY | O_CLOEXEC);
+    int children = init_children >= 0
+        ? init_children : open("/proc/self/task/1/children", O_RDONLY | O_CLOEXEC);
     for (int round = 0; round < 10000; round++) {
         int killed = kill_listed_children(children, is_supervisor);
         if (killed <= 0)
@@ -2063,7 +2098,7 @@ static void sweep_unowned(void)
             killed--;
         }
     }
-    if (children >= 0)
+    if (children >= 0 && children != init_children)
         close(children);
 }
 
@@ -2171,6 +2206,7 @@ int main(int argc, char **argv)
     free(pl.ops);
     free(buf);
 
+    init_children = open("/proc/self/task/1/children", O_RDONLY | O_CLOEXEC);
     sigemptyset(&mask);
     sigaddset(&mask, SIGCHLD);
     int sfd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);

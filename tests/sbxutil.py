@@ -206,3 +206,33 @@ def cg_dirs(pid=None):
         out.update(glob.glob(os.path.join(b, f"pysandbox-{pid}-*")))
         out.update(glob.glob(os.path.join(b, "*", f"pysandbox-{pid}-*")))
     return out
+
+
+def pid_ns_of(sb):
+    """The pid namespace of sandbox sb, as /proc/PID/ns/pid links name it."""
+    ns = sb.run(["readlink", "/proc/self/ns/pid"], capture_output=True,
+                text=True).stdout.strip()
+    assert ns.startswith("pid:["), ns
+    return ns
+
+
+def commands_in(ns):
+    """Host pids and names of the live processes in pid namespace ns other
+    than its init and supervisors, seen from the host at once (no waiting:
+    a process still alive when the call comes is counted)."""
+    out = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            if os.readlink(f"/proc/{d}/ns/pid") != ns:
+                continue
+            with open(f"/proc/{d}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        comm = stat[stat.index("(") + 1:stat.rindex(")")]
+        state = stat.rsplit(")", 1)[1].split()[0]
+        if not comm.startswith("pysandbox") and state not in ("Z", "X"):
+            out.append((int(d), comm))
+    return out

@@ -1,4 +1,5 @@
 """s.popen: the Popen-like SandboxProcess."""
+import os
 import select
 import signal
 import subprocess
@@ -341,3 +342,27 @@ def test_popen_fds_closed_after_wait(tiny):
     del p
     gc.collect()
     assert open_fds() == before
+
+
+def test_kill_tree_wait_returns_once_the_whole_tree_is_gone(sb):
+    """After kill_tree(), wait() returns when every process of the run is
+    dead, not as soon as the command is."""
+    from sbxutil import commands_in, pid_ns_of
+    from test_run import CHAIN
+    ns = pid_ns_of(sb)
+    p = sb.popen(sh(CHAIN), stdout=PIPE)
+    try:
+        assert p.stdout.readline() == b"ready\n"
+        tree = commands_in(ns)
+        assert len(tree) > 100
+        # the last generation: the last to come back to the supervisor
+        last = [pid for pid, comm in tree if comm == "sleep"]
+        assert len(last) == 1, tree
+        p.kill_tree()
+        assert p.wait(timeout=30) == -signal.SIGKILL
+        assert not os.path.exists(f"/proc/{last[0]}"), "the tree outlived wait()"
+        left = commands_in(ns)
+        assert left == [], left
+    finally:
+        p.stdout.close()
+        _finish(p)

@@ -890,3 +890,22 @@ def test_idle_supervisors_retire_after_a_burst():
         # ...and leave after a second without a run: at most 2 idle + the one
         # running ps stay
         assert wait_until(lambda: _supervisors_seen_by_ps(s) <= 3, 10)
+
+
+# a chain of 120 shells, each the parent of the next (its orphans come
+# back to the supervisor one generation at a time as their parents die)
+CHAIN = ('rec() { if [ "$1" -gt 0 ]; then rec $(($1-1)) & wait; '
+         'else echo ready; exec sleep 1000; fi; }; rec 120')
+
+
+def test_timeout_returns_once_the_whole_tree_is_gone(sb):
+    """The timeout's TimeoutExpired comes when every process of the run is
+    dead, not when the command is (the record of its exit was sent at once:
+    ~170 of a 200-shell chain were still alive then)."""
+    from sbxutil import commands_in, pid_ns_of
+    ns = pid_ns_of(sb)
+    with pytest.raises(pysandbox.TimeoutExpired) as ei:
+        sb.run(sh(CHAIN), capture_output=True, text=True, timeout=2)
+    left = commands_in(ns)
+    assert ei.value.stdout == "ready\n", ei.value.stdout
+    assert left == [], left

@@ -1161,3 +1161,25 @@ def test_missing_libseccomp_is_a_setup_error(monkeypatch):
             assert status(s)["Seccomp"] == "0"
     finally:
         _seccomp._compile_cached.cache_clear()
+
+
+def test_orphans_cannot_hide_from_init_behind_a_new_proc():
+    """A command allowed to mount (CAP_SYS_ADMIN, no seccomp filter) covers
+    /proc with a tmpfs, starts a daemon and kills its supervisor: init,
+    which kills a dead supervisor's orphans, reads its children from a list
+    it opened before any command ran, and the new /proc does not hide
+    them (it opened the list when it swept: nothing was killed, the
+    orphans stayed until close)."""
+    from pysandbox._caps import DEFAULT_CAPABILITIES
+    from sbxutil import commands_in, pid_ns_of, wait_until
+    caps = sorted(set(DEFAULT_CAPABILITIES) | {"SYS_ADMIN"})
+    with Sandbox(capabilities=caps, seccomp=None) as s:
+        ns = pid_ns_of(s)
+        try:
+            r = s.run(["sh", "-c", "mount -t tmpfs none /proc || exit 3; "
+                                   "sleep 1000 & kill -9 $PPID; sleep 1000"],
+                      capture_output=True, text=True, timeout=10)
+            assert r.returncode == -signal.SIGKILL, (r.returncode, r.stderr)
+        except subprocess.TimeoutExpired:
+            pass
+        assert wait_until(lambda: commands_in(ns) == [], 5), commands_in(ns)
