@@ -24,6 +24,10 @@ cdef extern from "<unistd.h>" nogil:
     long syscall(long number, ...)
     int close(int fd)
 
+cdef extern from "<fcntl.h>" nogil:
+    int fcntl(int fd, int cmd, ...)
+    int F_DUPFD_CLOEXEC
+
 cdef extern from "<sys/wait.h>" nogil:
     pid_t waitpid(pid_t pid, int *status, int options)
 
@@ -123,6 +127,25 @@ cdef unsigned long _ns_flags():
 
 
 _FORKED = "a Sandbox cannot be used in a forked child (it belongs to the parent process)"
+
+
+cdef int _send_on_copy(object sock, const char *buf, size_t size, const int *fds, int n,
+                       int *err):
+    """Send on a copy of sock's fd, made under the GIL: close() in another
+    thread while this sends (without the GIL) closes the sandbox's own fd,
+    whose number a new socket (another sandbox's) may take at once; the
+    copy keeps the message on this sandbox's socket.  -1 with *err set."""
+    cdef int fd = fcntl(sock.fileno(), F_DUPFD_CLOEXEC, 0)
+    cdef int rc
+    if fd < 0:
+        err[0] = errno
+        return -1
+    with nogil:
+        rc = ps_send_with_fds(fd, buf, size, fds, n)
+        if rc < 0:
+            err[0] = errno
+        close(fd)
+    return rc
 
 
 cdef int _kill_and_reap(pid_t pid, int pidfd) noexcept nogil:
@@ -327,7 +350,7 @@ cdef class Sandbox:
     def _send(self, bytes req, fds):
         """A run request, on the run queue (read by the spare supervisor)."""
         cdef int cfds[16]
-        cdef int n = len(fds), sock, rc
+        cdef int n = len(fds), rc, err = 0
         cdef const char *buf = req
         cdef size_t size = len(req)
         runq = self._runq
@@ -337,11 +360,8 @@ cdef class Sandbox:
             raise SandboxError(f"too many fds for one request ({n})")
         for i in range(n):
             cfds[i] = fds[i]
-        sock = runq.fileno()
-        with nogil:
-            rc = ps_send_with_fds(sock, buf, size, cfds, n)
+        rc = _send_on_copy(runq, buf, size, cfds, n, &err)
         if rc < 0:
-            err = errno
             if err in (EPIPE, ECONNRESET):
                 raise SandboxError("the sandbox init is gone")
             if err == EMSGSIZE:
@@ -349,15 +369,15 @@ cdef class Sandbox:
             raise OSError(err, os.strerror(err))
 
     def _signal(self, run_id, sig, flags):
-        if self._ctrl is None:
+        cdef bytes req
+        cdef int err = 0
+        ctrl = self._ctrl
+        if ctrl is None:
             return
         if self._owner != os.getpid():
             raise SandboxError(_FORKED)
         req = _runner._REQ.pack(_runner.REQ_SIGNAL, flags, run_id, sig, 0, 0, 0, 0, 0, 0, 0)
-        try:
-            self._ctrl.send(req)
-        except OSError:
-            pass
+        _send_on_copy(ctrl, req, len(req), NULL, 0, &err)   # (init gone: nothing to signal)
 
     def _resolve_user(self, user):
         return _plan.resolve_user(user, self.config.rootfs)

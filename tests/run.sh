@@ -9,7 +9,7 @@ here=$(pwd)
 
 if [ "$(id -u)" = 0 ]; then
     need=()
-    for pkg in gcc libc6-dev python3-dev python3-venv procps iproute2 util-linux libseccomp2 musl-tools; do
+    for pkg in gcc libc6-dev python3-dev python3-venv procps iproute2 util-linux libseccomp2 musl-tools strace; do
         dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
     done
     if [ ${#need[@]} -gt 0 ]; then

@@ -3,10 +3,12 @@ outlives its owner and leaves nothing behind."""
 import gc
 import os
 import select
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import time
 
 import pytest
 
@@ -331,3 +333,77 @@ def test_forked_child_cannot_use_the_parents_sandbox(rootfs):
         assert s.run(["true"]).returncode == 0
         p.kill()
         assert p.wait() == -9
+
+
+@pytest.mark.skipif(not shutil.which("strace") or os.geteuid() != 0,
+                    reason="needs strace and root (to hold a thread at its sendmsg)")
+def test_close_while_a_run_is_being_sent_keeps_it_off_other_sandboxes():
+    """A run's request is sent without the GIL.  If another thread closes
+    the sandbox meanwhile and a new sandbox takes the freed fd number, the
+    request must not land there: it is sent on a copy of the fd taken
+    with the GIL held (it used to run in the new sandbox, its output
+    returned as the old one's).  strace holds the sending thread at the
+    entry of its sendmsg for 0.7 s while the main thread does the rest."""
+    import threading
+    spare = os.open("/dev/null", os.O_RDONLY)     # a low number, freed later
+    before = set(_socket_fds())
+    one = Sandbox(hostname="one")
+    one_socks = set(_socket_fds()) - before
+    got, tid, go = [], [], threading.Event()
+
+    def worker():
+        tid.append(threading.get_native_id())
+        go.wait()
+        try:
+            got.append(one.run(["hostname"], capture_output=True, text=True).stdout)
+        except Exception as exc:                   # noqa: BLE001
+            got.append(exc)
+    t = threading.Thread(target=worker)
+    t.start()
+    while not tid:
+        time.sleep(0.001)
+    tracer = subprocess.Popen(["strace", "-qq", "-o", "/dev/null", "-p", str(tid[0]),
+                               "-e", "trace=sendmsg",
+                               "-e", "inject=sendmsg:delay_enter=700000:when=1"])
+    two = None
+    try:
+        assert wait_until(lambda: _traced(tid[0]), 10), "strace did not attach"
+        go.set()
+        time.sleep(0.2)                 # the worker waits at its sendmsg
+        one.close()
+        os.close(spare)
+        spare = None
+        two = Sandbox(hostname="two")
+        reused = one_socks & (set(_socket_fds()) - before)
+        t.join(30)
+        assert not t.is_alive()
+        assert got and got[0] != "two\n", got
+        if not reused:
+            pytest.skip(f"no fd number of {sorted(one_socks)} was taken by the new sandbox")
+        assert isinstance(got[0], SandboxError), got
+    finally:
+        tracer.kill()
+        tracer.wait()
+        go.set()
+        t.join(30)
+        if spare is not None:
+            os.close(spare)
+        one.close()
+        if two is not None:
+            two.close()
+
+
+def _socket_fds():
+    out = []
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{name}").startswith("socket:"):
+                out.append(int(name))
+        except OSError:
+            pass
+    return out
+
+
+def _traced(tid):
+    with open(f"/proc/{tid}/status") as f:
+        return any(line.startswith("TracerPid:") and line.split()[1] != "0" for line in f)
