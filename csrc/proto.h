@@ -17,6 +17,7 @@ enum ps_step {
     PS_STEP_UID_MAP = 5,
     PS_STEP_CHILD_FDS = 6,
     PS_STEP_EXEC_INIT = 7,
+    PS_STEP_CGROUP_NS = 8,
     /* init, building the container (csrc/init.c) */
     PS_STEP_READ_PLAN = 10,
     PS_STEP_MAKE_PRIVATE = 11,

@@ -83,14 +83,21 @@ static int init_child_main(void *p)
     close(c->sync_w);
     reset_ignored_signals_in_child(c->sigrtmin);
 
-    /* 1. wait for the parent to write the uid/gid maps */
+    /* 1. wait for the parent to write the uid/gid maps and put us in the
+     * sandbox's cgroups */
     do {
         n = read(c->sync_fd, &go, 1);
     } while (n < 0 && errno == EINTR);
     if (n != 1)
         _exit(127);
 
-    /* 2. fds: 0-2 /dev/null, 3 control socket, 4 run queue, nothing else */
+    /* 2. the cgroup namespace, rooted where we now are (made by the clone,
+     * its root would be the caller's cgroup: the sandbox would see the
+     * host's names of its own and its runs' cgroups) */
+    if (unshare(CLONE_NEWCGROUP) < 0)
+        child_fail(c->err_fd, PS_STEP_CGROUP_NS, errno);
+
+    /* 3. fds: 0-2 /dev/null, 3 control socket, 4 run queue, nothing else */
     ctrl = fcntl(a->ctrl_fd, F_DUPFD, 10);
     runq = fcntl(a->runq_fd, F_DUPFD, 10);
     err = fcntl(c->err_fd, F_DUPFD_CLOEXEC, 10);
@@ -107,7 +114,7 @@ static int init_child_main(void *p)
     if (syscall(SYS_close_range, 7U, ~0U, 0U) < 0)
         child_fail(5, PS_STEP_CHILD_FDS, errno);
 
-    /* 3. exec the sealed init */
+    /* 4. exec the sealed init */
     syscall(SYS_execveat, 6, "", a->argv, a->envp, AT_EMPTY_PATH);
     child_fail(5, PS_STEP_EXEC_INIT, errno);
     return 127;

@@ -123,7 +123,7 @@ cdef unsigned long _ns_flags():
     # network namespace while init builds the mounts (init's argv); it is owned
     # by the sandbox's user namespace all the same
     return (CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWUTS
-            | CLONE_NEWIPC | CLONE_NEWCGROUP)
+            | CLONE_NEWIPC)   # (the cgroup namespace: by the child, once in its cgroups)
 
 
 _FORKED = "a Sandbox cannot be used in a forked child (it belongs to the parent process)"

@@ -15,6 +15,7 @@ STEP_NAMES = {
     5: "write /proc/PID/uid_map",
     6: "set up init's fds",
     7: "exec the sandbox init",
+    8: "unshare the cgroup namespace",
     10: "read the plan",
     11: "make / private",
     12: "open bind source",

@@ -958,3 +958,19 @@ def test_interrupted_construction_leaves_no_cgroup(no_leaks, monkeypatch):
         Sandbox(memory="64M")
     assert cg_dirs() == before
     monkeypatch.setattr(_cgroup, "_apply_write", real)
+
+
+@needs_root
+def test_cgroup_namespace_is_rooted_at_the_sandbox_cgroup(no_leaks):
+    """The sandbox's cgroup namespace is made once the init is in the
+    sandbox's cgroups: from inside, the init is at the root of each, and no
+    path names the host's side (pysandbox-<host pid>-N)."""
+    with Sandbox(memory="64M", pids=32) as s:
+        init = s.run(["cat", "/proc/1/cgroup"], capture_output=True, text=True)
+        run = s.run(["cat", "/proc/self/cgroup"], capture_output=True, text=True)
+    assert init.returncode == 0 and run.returncode == 0
+    assert "pysandbox-" not in init.stdout + run.stdout, (init.stdout, run.stdout)
+    paths = {line.split(":", 2)[1]: line.split(":", 2)[2] for line in init.stdout.splitlines()}
+    limited = [c for c in paths if "memory" in c.split(",") or "pids" in c.split(",")]
+    assert len(limited) == 2, paths
+    assert all(paths[c] == "/" for c in limited), paths
