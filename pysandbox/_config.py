@@ -1,6 +1,7 @@
 """Configuration: frozen, validated before anything is created."""
 from __future__ import annotations
 
+import errno
 import math
 import os
 import re
@@ -151,6 +152,19 @@ def _check_env(env, what):
     return out
 
 
+def _raise_unreachable(path, what):
+    """`path` cannot be reached: the error says why (a missing entry, a
+    directory that cannot be searched, a file on the way...)."""
+    try:
+        os.stat(path)
+    except OSError as e:
+        if e.errno == errno.ENOENT:
+            raise FileNotFoundError(e.errno, f"{what} does not exist", path) from None
+        raise OSError(e.errno, f"{what} cannot be reached: {os.strerror(e.errno)}",
+                      path) from None
+    raise FileNotFoundError(errno.ENOENT, f"{what} does not exist", path)
+
+
 @dataclass(frozen=True)
 class SandboxConfig:
     rootfs: Optional[str] = None
@@ -178,7 +192,7 @@ class SandboxConfig:
         if rootfs is not None:
             rootfs = _check_path_str(rootfs, "rootfs")
             if not os.path.exists(rootfs):
-                raise FileNotFoundError(2, "rootfs does not exist", rootfs)
+                _raise_unreachable(rootfs, "rootfs")
             if not os.path.isdir(rootfs):
                 raise NotADirectoryError(20, "rootfs is not a directory", rootfs)
             rootfs = os.path.realpath(rootfs)
@@ -202,7 +216,7 @@ class SandboxConfig:
                 raise TypeError(f"mounts takes Bind and Tmpfs, not {type(m).__name__}")
             # (access: no stat result to build; follows symlinks as exists() does)
             if isinstance(m, Bind) and not os.access(m.source, os.F_OK):
-                raise FileNotFoundError(2, "bind source does not exist", m.source)
+                _raise_unreachable(m.source, "bind source")
         if not isinstance(read_only, bool):
             raise TypeError("read_only must be a bool")
         if not isinstance(hostname, str) or not _HOSTNAME_RE.match(hostname):

@@ -74,6 +74,33 @@ def test_missing_bind_source(tmp_path, rootfs, unchanged, no_leaks, kind):
     assert ei.value.filename == missing
 
 
+@pytest.mark.parametrize("what", ["rootfs", "bind source"])
+def test_unreachable_path_says_why(tmp_path, rootfs, unchanged, no_leaks, what):
+    """A path that exists no further than a file on the way (ENOTDIR), or
+    below a directory the caller cannot search (EACCES, as uid 65534), is
+    not reported as missing: the error carries the real errno."""
+    f = tmp_path / "file"
+    f.write_text("x")
+    cases = [(str(f / "below"), NotADirectoryError)]
+    if os.geteuid() != 0:                  # (root searches any directory)
+        locked = tmp_path / "locked"
+        (locked / "inside").mkdir(parents=True)
+        locked.chmod(0)
+        cases.append((str(locked / "inside"), PermissionError))
+    try:
+        for path, exc in cases:
+            with pytest.raises(exc) as ei:
+                if what == "rootfs":
+                    Sandbox(path)
+                else:
+                    Sandbox(rootfs, mounts=[Bind(path, "/mnt/x")])
+            assert ei.value.filename == path
+            assert f"{what} cannot be reached" in str(ei.value), ei.value
+    finally:
+        if os.geteuid() != 0:
+            (tmp_path / "locked").chmod(0o755)
+
+
 @pytest.mark.parametrize("kwargs, exc", [
     (dict(network="bridge"), ValueError),
     (dict(network="NONE"), ValueError),
