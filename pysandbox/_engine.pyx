@@ -71,6 +71,23 @@ PLAN_EARLY_MAX = 64 * 1024
 
 INIT_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pysandbox-init")
 
+_plan_max_bytes = None
+
+
+def _plan_max():
+    """The largest message a new socket can send at once (a unix seqpacket
+    message must fit the send buffer, less 32 bytes): the plan is one."""
+    global _plan_max_bytes
+    if _plan_max_bytes is None:
+        a, b = _socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            _plan_max_bytes = a.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) - 32
+        finally:
+            a.close()
+            b.close()
+    return _plan_max_bytes
+
+
 cdef int _init_fd = -1
 cdef int _null_fd = -1
 cdef object _init_owner = None   # pid that made the memfd (fork safety)
@@ -216,6 +233,10 @@ cdef class Sandbox:
         self._request_tail = _runner._request_tail(self._env, self._cwd, self._rlimits)
         self._ops = _plan.build_ops(cfg)
         plan = _plan.pack_plan(cfg, self._ops, _seccomp.compile_filter(cfg.seccomp))
+        if len(plan) > _plan_max():
+            raise ValueError(f"the sandbox's plan takes {len(plan)} bytes, more than one "
+                             f"message to its init can carry ({_plan_max()}): fewer or "
+                             f"shorter mounts")
         self._lock = threading.Lock()
         self._run_ids = iter(range(1, 1 << 32))
         self._null_fd = null_fd()
@@ -301,7 +322,11 @@ cdef class Sandbox:
             runq_child.close()
         try:
             if not early:
-                parent.sendall(plan)
+                try:
+                    parent.sendall(plan)
+                except (BrokenPipeError, ConnectionResetError):
+                    self._wait_ready()   # init failed before reading it: why
+                    raise
         except BaseException:
             self.close()
             raise

@@ -461,3 +461,14 @@ def test_setup_errors_repeated_do_not_accumulate(rootfs, unchanged, no_leaks):
     assert open_fds() == fds
     with Sandbox(rootfs) as s:   # and a good one still builds
         assert s.run(["cat", "/canary"], capture_output=True).stdout == b"original\n"
+
+
+def test_plan_too_large_for_one_message_is_refused_first(unchanged, no_leaks):
+    """The mount plan travels to init in one message: one larger than a
+    socket can carry is a ValueError before anything is made (it was an
+    OSError EMSGSIZE once init existed)."""
+    mounts = [Tmpfs(f"/m/{i:060d}") for i in range(3000)]
+    with pytest.raises(ValueError, match="more than one message to its init can carry"):
+        Sandbox(mounts=mounts)
+    with pytest.raises(ValueError, match="more than one message"):
+        pysandbox.run(["true"], mounts=mounts)
