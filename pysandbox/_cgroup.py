@@ -205,20 +205,14 @@ _KILL_TIMEOUT = 5.0
 
 
 def _read(path):
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        chunks = []
-        while True:
-            b = os.read(fd, 65536)
-            if not b:
-                break
-            chunks.append(b)
-        return b"".join(chunks).decode()
-    finally:
-        os.close(fd)
+    # (a file object, not a bare fd: one dropped by an interrupt raised as
+    # open() returns is closed by its finalizer)
+    with open(path, "rb", buffering=0) as f:
+        return f.readall().decode()
 
 
 def _write(path, value):
+    # (a bare fd: open()'s write modes would add O_CREAT and O_TRUNC)
     fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
     try:
         os.write(fd, value.encode())
@@ -1360,18 +1354,22 @@ def _open_sandbox_cgroup(memory, pids, cpus, parent, _versions):
                 if h not in required and not served.wants(h):
                     continue    # nothing of its own to add: no cgroup there
                 p = os.path.join(h.base, name)
+                # noted first: an interrupt (Ctrl-C) raised as mkdir returns
+                # still finds it to undo (a missing one is skipped there)
+                made.append(p)
                 try:
                     os.mkdir(p, 0o755)
                 except FileExistsError:
+                    made.pop()      # (not ours)
                     retry = True
                     break
                 except OSError as e:
+                    made.pop()
                     if h in required:
                         raise _error(e.errno, _required_step(h, chosen), p,
                                      f"cannot create {p}: {_advice(e.errno, p)}") from None
                     last_err = (e.errno, p)
                     continue
-                made.append(p)
                 if not _setup_one(h, p, required):
                     made.pop()
                     _undo([p])

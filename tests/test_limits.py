@@ -974,3 +974,24 @@ def test_cgroup_namespace_is_rooted_at_the_sandbox_cgroup(no_leaks):
     limited = [c for c in paths if "memory" in c.split(",") or "pids" in c.split(",")]
     assert len(limited) == 2, paths
     assert all(paths[c] == "/" for c in limited), paths
+
+
+@needs_root
+def test_interrupt_as_the_cgroup_mkdir_returns_leaves_nothing(no_leaks, monkeypatch):
+    """Ctrl-C raised the moment mkdir of the sandbox cgroup has returned
+    (before the directory was noted as made): it is removed all the same."""
+    real = os.mkdir
+    hit = []
+
+    def mkdir(path, *args, **kwargs):
+        real(path, *args, **kwargs)
+        if os.path.basename(path).startswith("pysandbox-") and not hit:
+            hit.append(path)
+            raise KeyboardInterrupt
+    monkeypatch.setattr(os, "mkdir", mkdir)
+    before = cg_dirs()
+    with pytest.raises(KeyboardInterrupt):
+        Sandbox(memory="64M")
+    monkeypatch.setattr(os, "mkdir", real)
+    assert hit and not os.path.exists(hit[0]), hit
+    assert cg_dirs() == before
