@@ -393,12 +393,12 @@ static int parent_cached(const char *parent)
     return parent_cache.fd >= 0 && strcmp(parent_cache.path, parent) == 0;
 }
 
-static int resolve_in_root(int root, const char *path, int create, int want_file,
+static int resolve_in_root(int root, char *path, int create, int want_file,
                            int *step, mode_t mode, const char **created);
 
 /* A directory fd for `parent` (relative to root; created if missing),
  * owned by the cache.  Returns -1 with errno and *step. */
-static int parent_dir(int root, const char *parent, int *step)
+static int parent_dir(int root, char *parent, int *step)
 {
     if (parent_cached(parent))
         return parent_cache.fd;
@@ -427,14 +427,20 @@ static int parent_dir(int root, const char *parent, int *step)
  * NULL, the directory it was made in (parent_cache's fd: not to be closed)
  * with *created set to its name (within path), so that the caller uses it
  * by name without opening it (an entry this call makes is nothing but
- * what it made: no symlink to follow).  Else *created is NULL. */
-static int resolve_in_root(int root, const char *path, int create, int want_file,
+ * what it made: no symlink to follow).  Else *created is NULL.
+ *
+ * `path` is cut in place at its last slash while its parent is resolved
+ * (a level of recursion per missing component, each working on the same
+ * buffer: a small frame each, not a copy of the path, so that a target
+ * thousands of components deep needs no more stack than init has) and
+ * restored before return. */
+static int resolve_in_root(int root, char *path, int create, int want_file,
                            int *step, mode_t mode, const char **created)
 {
+    static char top[1]; /* the parent of a name at the root: "" */
     struct open_how how;
-    char rel[4096]; /* one path buffer per level: the recursion (a level per
-                     * missing component) runs on init's stack */
-    const char *base, *parent;
+    char *rel, *parent;
+    const char *base;
     int fd, dir, rc, cached;
 
     if (created)
@@ -447,15 +453,15 @@ static int resolve_in_root(int root, const char *path, int create, int want_file
             *step = PS_STEP_RESOLVE_TARGET;
         return fd;
     }
-    if (strlen(path) >= sizeof rel) {
+    if (strlen(path) >= sizeof parent_cache.path) {
         errno = ENAMETOOLONG;
         *step = PS_STEP_RESOLVE_TARGET;
         return -1;
     }
-    strcpy(rel, path);
+    rel = path;
     /* the parent is rel up to its last slash: cut there while it is used */
     char *slash = strrchr(rel, '/');
-    parent = slash ? rel : "";
+    parent = slash ? rel : top;
     base = slash ? slash + 1 : rel;
     if (slash)
         *slash = 0;
@@ -492,7 +498,7 @@ static int resolve_in_root(int root, const char *path, int create, int want_file
     }
     if (rc >= 0) {
         if (created) {
-            *created = path + (base - rel);
+            *created = base;
             return dir;
         }
         fd = openat(dir, base, O_PATH | O_NOFOLLOW | O_CLOEXEC);
@@ -562,7 +568,7 @@ static int run_op(int root, struct op *o, int *step)
         }
         memcpy(parent, o->dst, plen);
         parent[plen] = 0;
-        const char *p = parent;
+        char *p = parent;
         while (*p == '/')
             p++;
         int dir = parent_dir(root, p, step); /* owned by the cache */
@@ -591,7 +597,8 @@ static int run_op(int root, struct op *o, int *step)
      * and close less a mount); bind-self and remount need it open */
     const char *made = NULL;
     int by_name = o->kind != PS_OP_BIND_SELF && o->kind != PS_OP_REMOUNT_RO;
-    target = resolve_in_root(root, o->dst, !(o->flags & PS_F_NO_CREATE), want_file,
+    /* (dst points into the plan's buffer, init's own: cut and restored) */
+    target = resolve_in_root(root, (char *)o->dst, !(o->flags & PS_F_NO_CREATE), want_file,
                              step, o->mode ? (mode_t)o->mode : 0755,
                              by_name ? &made : NULL);
     if (target < 0) {

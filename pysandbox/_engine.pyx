@@ -350,7 +350,7 @@ cdef class Sandbox:
                 # sent (its SETUP_FAILED record) can be read
                 data = parent.recv(_runner.RECORD.size)
             if len(data) != _runner.RECORD.size:
-                raise setup_error(0, 0, None, "the init exited before reporting")
+                raise setup_error(0, 0, None, self._init_end())
             rec = _runner.RECORD.unpack(data)
             if rec[0] == PS_REC_SETUP_FAILED:
                 index = rec[3]
@@ -361,6 +361,28 @@ cdef class Sandbox:
         except BaseException:
             self.close()
             raise
+
+    def _init_end(self):
+        """How an init that never reported ended (it closed the control
+        socket by exiting): a signal (a crash, an OOM kill) or a status."""
+        import select
+        import signal as _signal
+        if self._pidfd < 0:
+            return "the init exited before reporting"
+        try:
+            select.select([self._pidfd], [], [], 2.0)   # (readable: it has exited)
+            st = os.waitid(os.P_PIDFD, self._pidfd, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except OSError:
+            st = None
+        if st is None:
+            return "the init closed its socket before reporting"
+        if st.si_code in (os.CLD_KILLED, os.CLD_DUMPED):
+            try:
+                name = _signal.Signals(st.si_status).name
+            except ValueError:
+                name = f"signal {st.si_status}"
+            return f"the init was killed by {name} before reporting"
+        return f"the init exited with status {st.si_status} before reporting"
 
     # -- used by _runner ---------------------------------------------------
     def _next_run_id(self):

@@ -4,11 +4,14 @@ root is gone, user mounts apply in order and stay inside the root, and /dev,
 import os
 import shutil
 import socket
+import subprocess
+import sys
 
 import pytest
 
 from sbxutil import tree_snapshot
 from sbxutil import sh_ok as ok, sh_run as sh
+import pysandbox
 from pysandbox import Bind, Sandbox, SetupError, Tmpfs
 
 pytestmark = pytest.mark.timeout(60)
@@ -564,3 +567,35 @@ def test_deeply_nested_missing_target(rootfs):
     deep = "/" + "a/" * 1100 + "b"
     with Sandbox(rootfs, mounts=[Tmpfs(deep)]) as s:
         assert ok(s, f"touch {deep}/x && ls {deep}") == "x\n"
+
+
+DEEP_TARGET = r"""
+import resource, sys
+sys.path.insert(0, sys.argv[1])
+hard = resource.getrlimit(resource.RLIMIT_STACK)[1]
+resource.setrlimit(resource.RLIMIT_STACK, (int(sys.argv[3]) << 10, hard))
+from pysandbox import Sandbox, Tmpfs
+n = int(sys.argv[2])
+try:
+    with Sandbox(mounts=[Tmpfs("/d" * n)]) as s:
+        r = s.run(["sh", "-c", "cd /" + "d/" * n + " && pwd | wc -c"], capture_output=True,
+                  text=True)
+        print("ok", r.stdout.strip())
+except Exception as e:
+    print("error", e)
+"""
+
+
+@pytest.mark.parametrize("components, stack_kib, expect", [
+    (1000, 512, "ok 2001"),
+    (2000, 256, "error [Errno 0] none (the init was killed by SIGSEGV before reporting)"),
+])
+def test_deep_mount_target(components, stack_kib, expect):
+    """A target 1000 missing directories deep is made with a 512 KiB stack
+    (init inherits the caller's stack limit: each level of its recursion
+    kept a copy of the path, and init died past ~120).  Where init does
+    crash, the error says how it died."""
+    here = os.path.dirname(os.path.dirname(os.path.abspath(pysandbox.__file__)))
+    r = subprocess.run([sys.executable, "-c", DEEP_TARGET, here, str(components),
+                        str(stack_kib)], capture_output=True, text=True, timeout=60)
+    assert r.stdout.startswith(expect), (r.stdout, r.stderr)
