@@ -370,7 +370,9 @@ cdef class Sandbox:
         if self._pidfd < 0:
             return "the init exited before reporting"
         try:
-            select.select([self._pidfd], [], [], 2.0)   # (readable: it has exited)
+            p = select.poll()
+            p.register(self._pidfd, select.POLLIN)
+            p.poll(2000)                               # (readable: it has exited)
             st = os.waitid(os.P_PIDFD, self._pidfd, os.WEXITED | os.WNOHANG | os.WNOWAIT)
         except OSError:
             st = None

@@ -287,9 +287,11 @@ class SandboxPool:
     def checkin(self, s):
         """End a checked-out sandbox: kill it now (its pid namespace dies
         with its init) and let the refill thread reap it."""
+        if os.getpid() != self._owner:
+            return     # (a forked child: the sandbox and the pool are the parent's)
         st = self._state
         pid = s.pid
-        if pid is not None and os.getpid() == self._owner:
+        if pid is not None:
             # init is our unreaped child until close(): the pid is still its
             try:
                 os.kill(pid, signal.SIGKILL)

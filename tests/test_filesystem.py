@@ -574,6 +574,11 @@ import resource, sys
 sys.path.insert(0, sys.argv[1])
 hard = resource.getrlimit(resource.RLIMIT_STACK)[1]
 resource.setrlimit(resource.RLIMIT_STACK, (int(sys.argv[3]) << 10, hard))
+import os
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+if hard == resource.RLIM_INFINITY or hard >= 1200:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
+    ballast = [os.open("/dev/null", os.O_RDONLY) for _ in range(1100)]   # fds past 1023
 from pysandbox import Sandbox, Tmpfs
 n = int(sys.argv[2])
 try:

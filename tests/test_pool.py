@@ -377,14 +377,16 @@ def test_pool_collected_where_its_refill_thread_waits(rootfs, no_leaks, monkeypa
 
 def test_forked_child_exits_while_a_parent_thread_holds_the_pool(rootfs):
     """A fork while another thread holds the pool's lock (a checkout, the
-    refill thread): the child's exit must not try to close the parent's
-    pool (it hung on the copied, held lock).  The parent's pool is not
-    touched by the child."""
+    refill thread): neither the child's check-in of a sandbox it inherited
+    (a with pool.sandbox() block it leaves) nor its exit may touch the
+    parent's pool (both hung on the copied, held lock)."""
     pool = SandboxPool(1, rootfs)
     try:
+        s = pool.checkout(timeout=20)
         with pool._state.cond:           # as a thread of the parent would
             pid = os.fork()
             if pid == 0:
+                pool.checkin(s)          # (the end of a with pool.sandbox() block)
                 os._exit(_run_exit_handlers_then(0))
         deadline = time.monotonic() + 20
         while True:
@@ -397,6 +399,8 @@ def test_forked_child_exits_while_a_parent_thread_holds_the_pool(rootfs):
                 pytest.fail("the forked child hung at its exit")
             time.sleep(0.01)
         assert os.waitstatus_to_exitcode(status) == 0
+        assert s.run(["true"]).returncode == 0   # the child's check-in left it alone
+        pool.checkin(s)
         with pool.sandbox(timeout=20) as s:
             assert s.run(["true"]).returncode == 0
     finally:
