@@ -159,6 +159,8 @@ struct op {
 
 struct plan {
     int netns;                  /* from init's argv, not the wire */
+    int dev_fd;                 /* the parent's device nodes (a detached
+                                 * tmpfs, sent with the plan), or -1 */
     uint32_t flags;
     uint64_t cap_bound;
     struct sock_fprog filter;   /* len 0: none */
@@ -530,8 +532,14 @@ static int open_sources(struct plan *pl, int *step, int *index)
         struct op *o = &pl->ops[i];
         if (o->kind != PS_OP_BIND)
             continue;
-        o->src_fd = open_tree(AT_FDCWD, o->src,
-                              OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE);
+        if ((o->flags & PS_F_DEV_NODE) && pl->dev_fd >= 0) {
+            const char *slash = strrchr(o->src, '/');
+            o->src_fd = open_tree(pl->dev_fd, slash ? slash + 1 : o->src,
+                                  OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC);
+        } else {
+            o->src_fd = open_tree(AT_FDCWD, o->src,
+                                  OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE);
+        }
         if (o->src_fd < 0) {
             if (errno == ENOENT && (o->flags & PS_F_OPTIONAL))
                 continue;
@@ -2193,6 +2201,7 @@ int main(int argc, char **argv)
     if (n <= 0)
         _exit(0);
     memset(&pl, 0, sizeof pl);
+    pl.dev_fd = n_fds == 1 ? fds[0] : -1;
     if (parse_plan(buf, (size_t)n, &pl) < 0) {
         send_simple(CTRL_FD, PS_REC_SETUP_FAILED, PS_STEP_READ_PLAN, EINVAL, -1, 0);
         _exit(1);
@@ -2210,6 +2219,8 @@ int main(int argc, char **argv)
     for (uint32_t i = 0; i < pl.n_ops; i++)
         if (pl.ops[i].src_fd >= 0)
             close(pl.ops[i].src_fd);
+    if (pl.dev_fd >= 0)
+        close(pl.dev_fd);
     free(pl.ops);
     free(buf);
 

@@ -18,6 +18,7 @@ enum ps_step {
     PS_STEP_CHILD_FDS = 6,
     PS_STEP_EXEC_INIT = 7,
     PS_STEP_CGROUP_NS = 8,
+    PS_STEP_DEV_NODES = 9,
     /* init, building the container (csrc/init.c) */
     PS_STEP_READ_PLAN = 10,
     PS_STEP_MAKE_PRIVATE = 11,
@@ -123,6 +124,9 @@ enum ps_op_flags {
     PS_F_FILE = 16,       /* the target is a file (create an empty one) */
     PS_F_OPTIONAL = 32,   /* skip the op when the source is missing */
     PS_F_NO_CREATE = 64,  /* skip the op when the target is missing */
+    PS_F_DEV_NODE = 128,  /* a device node: from the parent's private copies
+                           * (a detached tmpfs sent with the plan) when there
+                           * are some, by the name of src's last component */
 };
 
 struct ps_op_hdr {

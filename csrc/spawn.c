@@ -6,6 +6,7 @@
 #endif
 #include "spawn.h"
 #include "proto.h"
+#include "mount_api.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -323,6 +324,39 @@ fail:
     close(src);
     if (mem >= 0)
         close(mem);
+    return -1;
+}
+
+int ps_dev_nodes_from_parent(const char *const *names, const unsigned long *rdevs,
+                             const unsigned *modes, int n, int *fd_out, struct ps_error *e)
+{
+    int fs = fsopen("tmpfs", FSOPEN_CLOEXEC), mnt = -1;
+    if (fs < 0)
+        goto fail;
+    if (fsconfig(fs, FSCONFIG_SET_STRING, "mode", "0755", 0) < 0 ||
+        fsconfig(fs, FSCONFIG_SET_STRING, "size", "4k", 0) < 0 ||
+        fsconfig(fs, FSCONFIG_CMD_CREATE, NULL, NULL, 0) < 0)
+        goto fail;
+    mnt = fsmount(fs, FSMOUNT_CLOEXEC, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC);
+    if (mnt < 0)
+        goto fail;
+    close(fs);
+    fs = -1;
+    for (int i = 0; i < n; i++) {
+        /* (the umask does not apply to fchmodat) */
+        if (mknodat(mnt, names[i], S_IFCHR | 0600, (dev_t)rdevs[i]) < 0 ||
+            fchmodat(mnt, names[i], modes[i] & 07777, 0) < 0)
+            goto fail;
+    }
+    *fd_out = mnt;
+    return 0;
+fail:
+    e->step = PS_STEP_DEV_NODES;
+    e->err = errno;
+    if (fs >= 0)
+        close(fs);
+    if (mnt >= 0)
+        close(mnt);
     return -1;
 }
 

@@ -34,6 +34,14 @@ int ps_seal_init_from_parent(const char *path, int *fd_out, struct ps_error *e);
 int ps_spawn_init_from_parent(const struct ps_spawn_args *a, pid_t *pid_out,
                               int *pidfd_out, struct ps_error *e);
 
+/* Parent side: a detached tmpfs (no path, nothing mounted anywhere) holding
+ * private device nodes `names[i]` (char devices rdevs[i], mode 0666 as
+ * modes[i]), for a sandbox whose ids map the host's root: bound from the
+ * host's /dev, its root could chmod or chown the host's nodes.  Returns 0
+ * and the mount's fd, or -1 and fills *e. */
+int ps_dev_nodes_from_parent(const char *const *names, const unsigned long *rdevs,
+                             const unsigned *modes, int n, int *fd_out, struct ps_error *e);
+
 /* Parent side: one message with fds attached (SCM_RIGHTS), as a run request
  * is sent to the run queue.  Returns 0, or -1 with errno. */
 int ps_send_with_fds(int sock, const void *buf, size_t len, const int *fds, int n_fds);

@@ -33,7 +33,7 @@ cdef extern from "<sys/wait.h>" nogil:
 
 cdef extern from "<errno.h>":
     int errno
-    int EINTR, EPIPE, ECONNRESET, EMSGSIZE
+    int EINTR, EPIPE, ECONNRESET, EMSGSIZE, EPERM
 
 cdef extern from "<sched.h>":
     unsigned long CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNS, CLONE_NEWUTS
@@ -61,6 +61,9 @@ cdef extern from "spawn.h":
                                   int *pidfd_out, ps_error *e) nogil
     int ps_send_with_fds(int sock, const void *buf, size_t len, const int *fds,
                          int n_fds) nogil
+    int ps_dev_nodes_from_parent(const char *const *names, const unsigned long *rdevs,
+                                 const unsigned *modes, int n, int *fd_out,
+                                 ps_error *e) nogil
 
 cdef extern from "proto.h":
     int PS_REC_READY, PS_REC_SETUP_FAILED, PS_MAX_SEND_FDS
@@ -70,6 +73,52 @@ cdef extern from "proto.h":
 PLAN_EARLY_MAX = 64 * 1024
 
 INIT_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pysandbox-init")
+
+cdef int _dev_nodes_fd() except -2:
+    """A detached tmpfs with the sandbox's own /dev nodes (see
+    _plan.dev_nodes), or -1 when the host's /dev can be bound as it is."""
+    cdef ps_error e
+    cdef const char *names[16]
+    cdef unsigned long rdevs[16]
+    cdef unsigned modes[16]
+    cdef int fd = -1, n, rc
+    nodes = _plan.dev_nodes()
+    if nodes is None:
+        return -1
+    keep = [os.fsencode(x) for x in nodes[0]]
+    n = len(keep)
+    if n > 16:
+        raise SandboxError("too many device nodes")
+    for i in range(n):
+        names[i] = keep[i]
+        rdevs[i] = nodes[1][i]
+        modes[i] = nodes[2][i]
+    with nogil:
+        rc = ps_dev_nodes_from_parent(names, rdevs, modes, n, &fd, &e)
+    if rc < 0:
+        if e.err == EPERM and not _plan.in_initial_user_namespace():
+            # a root confined in a user namespace (a container's): no
+            # mknod there; the nodes are the container's, whose root the
+            # caller is (they are bound as they are)
+            return -1
+        raise setup_error(e.step, e.err)
+    return fd
+
+
+def _send_plan(parent, bytes plan, int dev_fd):
+    """The plan, in one message, with the device nodes' fd when there is one."""
+    cdef int fds[1]
+    cdef int rc, err = 0
+    if dev_fd < 0:
+        parent.sendall(plan)
+        return
+    fds[0] = dev_fd
+    rc = _send_on_copy(parent, plan, len(plan), fds, 1, &err)
+    if rc < 0:
+        if err in (EPIPE, ECONNRESET):
+            raise BrokenPipeError(err, os.strerror(err))
+        raise OSError(err, os.strerror(err))
+
 
 _plan_max_bytes = None
 
@@ -264,76 +313,83 @@ cdef class Sandbox:
         cdef char *envp[1]
         cdef int cg_fds[8]
         cdef int n_cg = 0
-        uid_map, gid_map, deny = _plan.id_maps()
-        parent, child = _socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        runq, runq_child = _socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        # the plan waits in the socket for init: it reads it first thing
-        # (a plan too large for the socket buffer goes once init reads)
-        early = len(plan) <= PLAN_EARLY_MAX
-        if early:
-            parent.sendall(plan)
+        # (private device nodes for /dev, when the host's root is mapped:
+        # made first, so that a failure leaves nothing else made)
+        dev_fd = _dev_nodes_fd()
         try:
-            argv[0] = b"pysandbox-init"
-            # a network namespace: init's first supervisor starts making it
-            # before init reads the plan
-            argv[1] = NULL
-            argv[2] = NULL
-            if self.config.network == "none":
-                argv[1] = b"netns"
-            envp[0] = NULL
-            a.init_fd = sealed_init_fd()
-            a.argv = argv
-            a.envp = envp
-            a.ctrl_fd = child.fileno()
-            a.runq_fd = runq_child.fileno()
-            a.null_fd = self._null_fd
-            a.ns_flags = _ns_flags()
-            a.uid_map = uid_map
-            a.gid_map = gid_map
-            a.deny_setgroups = deny
-            if self._cgroup is not None:
-                for fd in self._cgroup.procs_fds:
-                    if n_cg == 8:
-                        raise SandboxError("too many cgroup hierarchies")
-                    cg_fds[n_cg] = fd
-                    n_cg += 1
-            a.cgroup_fds = cg_fds
-            a.n_cgroup_fds = n_cg
-            with nogil:
-                rc = ps_spawn_init_from_parent(&a, &pid, &pidfd, &e)
-            if rc == 0:
-                # recorded before any Python code can raise
-                self._pid = pid
-                self._pidfd = pidfd
-                self._owner = os.getpid()
-                self._ctrl = parent
-                self._runq = runq
-            else:
-                raise setup_error(e.step, e.err)
-        except BaseException:
-            if self._ctrl is None:
-                parent.close()
-                runq.close()
-            else:
+            uid_map, gid_map, deny = _plan.id_maps()
+            parent, child = _socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            runq, runq_child = _socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            # the plan waits in the socket for init: it reads it first thing
+            # (a plan too large for the socket buffer goes once init reads)
+            early = len(plan) <= PLAN_EARLY_MAX
+            if early:
+                _send_plan(parent, plan, dev_fd)
+            try:
+                argv[0] = b"pysandbox-init"
+                # a network namespace: init's first supervisor starts making it
+                # before init reads the plan
+                argv[1] = NULL
+                argv[2] = NULL
+                if self.config.network == "none":
+                    argv[1] = b"netns"
+                envp[0] = NULL
+                a.init_fd = sealed_init_fd()
+                a.argv = argv
+                a.envp = envp
+                a.ctrl_fd = child.fileno()
+                a.runq_fd = runq_child.fileno()
+                a.null_fd = self._null_fd
+                a.ns_flags = _ns_flags()
+                a.uid_map = uid_map
+                a.gid_map = gid_map
+                a.deny_setgroups = deny
+                if self._cgroup is not None:
+                    for fd in self._cgroup.procs_fds:
+                        if n_cg == 8:
+                            raise SandboxError("too many cgroup hierarchies")
+                        cg_fds[n_cg] = fd
+                        n_cg += 1
+                a.cgroup_fds = cg_fds
+                a.n_cgroup_fds = n_cg
+                with nogil:
+                    rc = ps_spawn_init_from_parent(&a, &pid, &pidfd, &e)
+                if rc == 0:
+                    # recorded before any Python code can raise
+                    self._pid = pid
+                    self._pidfd = pidfd
+                    self._owner = os.getpid()
+                    self._ctrl = parent
+                    self._runq = runq
+                else:
+                    raise setup_error(e.step, e.err)
+            except BaseException:
+                if self._ctrl is None:
+                    parent.close()
+                    runq.close()
+                else:
+                    self.close()
+                raise
+            finally:
+                child.close()
+                runq_child.close()
+            try:
+                if not early:
+                    try:
+                        _send_plan(parent, plan, dev_fd)
+                    except (BrokenPipeError, ConnectionResetError):
+                        self._wait_ready()   # init failed before reading it: why
+                        raise
+            except BaseException:
                 self.close()
-            raise
+                raise
+            if wait_ready:
+                self._wait_ready()
+            else:
+                self._ready_pending = True
         finally:
-            child.close()
-            runq_child.close()
-        try:
-            if not early:
-                try:
-                    parent.sendall(plan)
-                except (BrokenPipeError, ConnectionResetError):
-                    self._wait_ready()   # init failed before reading it: why
-                    raise
-        except BaseException:
-            self.close()
-            raise
-        if wait_ready:
-            self._wait_ready()
-        else:
-            self._ready_pending = True
+            if dev_fd >= 0:
+                close(dev_fd)
 
     def _wait_ready(self):
         """Read init's READY (or its setup failure: raised, sandbox closed)."""

@@ -16,6 +16,7 @@ STEP_NAMES = {
     6: "set up init's fds",
     7: "exec the sandbox init",
     8: "unshare the cgroup namespace",
+    9: "make /dev's device nodes",
     10: "read the plan",
     11: "make / private",
     12: "open bind source",

@@ -5,6 +5,7 @@ csrc/proto.h (struct ps_plan_hdr, struct ps_op_hdr)."""
 from __future__ import annotations
 
 import functools
+import stat
 import os
 import struct
 import time
@@ -16,6 +17,7 @@ from ._config import Bind, Tmpfs
 (ROOT_TMPFS, ROOT_OVERLAY, BIND, TMPFS, PROC, DEVPTS, MKDIR, SYMLINK, REMOUNT_RO,
  MQUEUE, BIND_SELF) = range(1, 12)
 F_RDONLY, F_NOSUID, F_NODEV, F_NOEXEC, F_FILE, F_OPTIONAL, F_NO_CREATE = 1, 2, 4, 8, 16, 32, 64
+F_DEV_NODE = 128   # from the parent's private copies when it sends some (dev_nodes())
 PLAN_CAPS, PLAN_FILTER_IN_INIT, PLAN_NO_SPARE = 4, 8, 16   # (network, time namespaces: init's argv)
 PLAN_MAGIC = 0x31425350
 
@@ -138,7 +140,8 @@ def _system_ops():
     ops = _proc_ops()
     ops.append(Op(TMPFS, "/dev", data="mode=0755,size=65536k", flags=F_NOSUID | F_NOEXEC))
     for n in DEV_NODES:
-        ops.append(Op(BIND, "/dev/" + n, src="/dev/" + n, flags=F_NOSUID | F_NOEXEC | F_FILE))
+        ops.append(Op(BIND, "/dev/" + n, src="/dev/" + n,
+                      flags=F_NOSUID | F_NOEXEC | F_FILE | F_DEV_NODE))
     ops.append(Op(DEVPTS, "/dev/pts", data="newinstance,ptmxmode=0666,mode=0620",
                   flags=F_NOSUID | F_NOEXEC))
     for name, target in DEV_LINKS:
@@ -299,3 +302,43 @@ def resolve_user(user, rootfs):
             + ("only ids below 65536 exist inside" if limit > 1 else
                "a sandbox made by an ordinary user has only uid/gid 0 inside"))
     return ids
+
+
+_dev_nodes = None
+
+
+def _mapped_in_sandbox(st):
+    """Are st's owner and group ids mapped in a sandbox (id_maps())?"""
+    uid = os.geteuid()
+    if uid == 0:
+        id_maps()                     # (fills _root_ranges)
+        nu, ng = _root_ranges
+        return st.st_uid < nu and st.st_gid < ng
+    return st.st_uid == uid and st.st_gid == os.getegid()
+
+
+def in_initial_user_namespace():
+    return _ids_from_zero("/proc/self/uid_map") == 4294967295
+
+
+def dev_nodes():
+    """(names, rdevs, modes) of the host's /dev nodes that every sandbox
+    gets, when their owner and group are mapped in the sandbox (the caller
+    is root): the sandbox's root could then chmod or chown nodes bound from
+    the host's /dev (it has CAP_FOWNER and CAP_CHOWN in its user namespace
+    over what mapped ids own), so it gets private nodes of the same
+    devices, made by the parent.  None otherwise (nothing of the host's
+    nodes can be changed from inside)."""
+    global _dev_nodes
+    if _dev_nodes is None:
+        names, rdevs, modes, mapped = [], [], [], False
+        for n in DEV_NODES:
+            st = os.stat("/dev/" + n)
+            if not stat.S_ISCHR(st.st_mode):
+                continue
+            names.append(n)
+            rdevs.append(st.st_rdev)
+            modes.append(stat.S_IMODE(st.st_mode))
+            mapped = mapped or _mapped_in_sandbox(st)
+        _dev_nodes = (tuple(names), tuple(rdevs), tuple(modes)) if mapped else ()
+    return _dev_nodes or None

@@ -1183,3 +1183,30 @@ def test_orphans_cannot_hide_from_init_behind_a_new_proc():
         except subprocess.TimeoutExpired:
             pass
         assert wait_until(lambda: commands_in(ns) == [], 5), commands_in(ns)
+
+
+def test_sandbox_root_cannot_change_the_hosts_device_nodes():
+    """/dev/null, /dev/zero... inside are not the host's nodes bound in
+    when the host's root is mapped (a root caller): the sandbox's root has
+    CAP_FOWNER and CAP_CHOWN over what that id owns, and its chmod of the
+    bound host /dev/null changed the host's.  It gets private nodes of the
+    same devices; the host's stay as they were, the devices still work."""
+    nodes = ("null", "zero", "full", "random", "urandom", "tty")
+
+    def host_state():
+        out = {}
+        for n in nodes:
+            st = os.stat("/dev/" + n)
+            out[n] = (st.st_mode, st.st_uid, st.st_gid, st.st_ctime_ns, st.st_rdev)
+        return out
+    before = host_state()
+    # (harmless if it does reach the host's nodes: each is given the mode
+    # and owner it has, which still changes its ctime)
+    attack = "; ".join(f"chmod $(stat -c %a /dev/{n}) /dev/{n}; "
+                       f"chown $(stat -c %u:%g /dev/{n}) /dev/{n}" for n in nodes)
+    with Sandbox() as s:
+        r = s.run(["sh", "-c", attack + " 2>/dev/null; echo x > /dev/null; "
+                   "head -c 3 /dev/zero | wc -c; head -c 3 /dev/urandom | wc -c"],
+                  capture_output=True, text=True)
+    assert host_state() == before
+    assert r.stdout.split() == ["3", "3"], (r.stdout, r.stderr)
