@@ -532,11 +532,18 @@ static int open_sources(struct plan *pl, int *step, int *index)
         struct op *o = &pl->ops[i];
         if (o->kind != PS_OP_BIND)
             continue;
-        if ((o->flags & PS_F_DEV_NODE) && pl->dev_fd >= 0) {
+        uint32_t flags = o->flags;
+        o->src_fd = -1;
+        if ((flags & PS_F_DEV_NODE) && pl->dev_fd >= 0) {
             const char *slash = strrchr(o->src, '/');
             o->src_fd = open_tree(pl->dev_fd, slash ? slash + 1 : o->src,
                                   OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC);
-        } else {
+        }
+        if (o->src_fd < 0) {
+            /* the host's node itself: read-only (writing to a device
+             * goes on; chmod, chown and touch of the host's node do not) */
+            if (flags & PS_F_DEV_NODE)
+                flags |= PS_F_RDONLY;
             o->src_fd = open_tree(AT_FDCWD, o->src,
                                   OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE);
         }
@@ -548,7 +555,7 @@ static int open_sources(struct plan *pl, int *step, int *index)
             return -1;
         }
         if (mount_setattr(o->src_fd, "", AT_EMPTY_PATH | AT_RECURSIVE,
-                          &(struct mount_attr){ .attr_set = mount_attrs(o->flags) },
+                          &(struct mount_attr){ .attr_set = mount_attrs(flags) },
                           sizeof(struct mount_attr)) < 0) {
             *step = PS_STEP_MOUNT;
             *index = (int)i;

@@ -96,10 +96,11 @@ cdef int _dev_nodes_fd() except -2:
     with nogil:
         rc = ps_dev_nodes_from_parent(names, rdevs, modes, n, &fd, &e)
     if rc < 0:
-        if e.err == EPERM and not _plan.in_initial_user_namespace():
-            # a root confined in a user namespace (a container's): no
-            # mknod there; the nodes are the container's, whose root the
-            # caller is (they are bound as they are)
+        if e.err == EPERM:
+            # no fsopen or mknod here (a root without CAP_SYS_ADMIN or
+            # CAP_MKNOD, or confined in a user namespace): init binds the
+            # host's nodes read-only instead (writes to them go on; their
+            # mode, owner and times cannot be changed from inside)
             return -1
         raise setup_error(e.step, e.err)
     return fd

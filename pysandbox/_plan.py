@@ -307,38 +307,38 @@ def resolve_user(user, rootfs):
 _dev_nodes = None
 
 
-def _mapped_in_sandbox(st):
-    """Are st's owner and group ids mapped in a sandbox (id_maps())?"""
+def _owner_mapped_in_sandbox(st):
+    """Is st's owner mapped in a sandbox (id_maps())?  (Its owner may chmod
+    it with no capability at all.)"""
     uid = os.geteuid()
     if uid == 0:
         id_maps()                     # (fills _root_ranges)
-        nu, ng = _root_ranges
-        return st.st_uid < nu and st.st_gid < ng
-    return st.st_uid == uid and st.st_gid == os.getegid()
-
-
-def in_initial_user_namespace():
-    return _ids_from_zero("/proc/self/uid_map") == 4294967295
+        return st.st_uid < _root_ranges[0]
+    return st.st_uid == uid
 
 
 def dev_nodes():
     """(names, rdevs, modes) of the host's /dev nodes that every sandbox
-    gets, when their owner and group are mapped in the sandbox (the caller
-    is root): the sandbox's root could then chmod or chown nodes bound from
-    the host's /dev (it has CAP_FOWNER and CAP_CHOWN in its user namespace
-    over what mapped ids own), so it gets private nodes of the same
-    devices, made by the parent.  None otherwise (nothing of the host's
-    nodes can be changed from inside)."""
+    gets, when their owner is mapped in the sandbox (the caller is root):
+    the sandbox's root could then chmod or chown nodes bound from the
+    host's /dev (it has CAP_FOWNER and CAP_CHOWN in its user namespace over
+    what mapped ids own), so it gets private nodes of the same devices,
+    made by the parent.  None otherwise.  (Where they cannot be made, and
+    for whatever is not among them, init binds the host's nodes read-only:
+    writes to the devices go on, their attributes cannot change.)"""
     global _dev_nodes
     if _dev_nodes is None:
         names, rdevs, modes, mapped = [], [], [], False
         for n in DEV_NODES:
-            st = os.stat("/dev/" + n)
+            try:
+                st = os.stat("/dev/" + n)
+            except OSError:
+                continue              # (its bind fails as before: named)
             if not stat.S_ISCHR(st.st_mode):
-                continue
+                continue              # (bound from the host, read-only)
             names.append(n)
             rdevs.append(st.st_rdev)
             modes.append(stat.S_IMODE(st.st_mode))
-            mapped = mapped or _mapped_in_sandbox(st)
+            mapped = mapped or _owner_mapped_in_sandbox(st)
         _dev_nodes = (tuple(names), tuple(rdevs), tuple(modes)) if mapped else ()
     return _dev_nodes or None

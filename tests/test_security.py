@@ -1210,3 +1210,34 @@ def test_sandbox_root_cannot_change_the_hosts_device_nodes():
                   capture_output=True, text=True)
     assert host_state() == before
     assert r.stdout.split() == ["3", "3"], (r.stdout, r.stderr)
+
+
+NODE_PROBE = r"""
+import sys
+sys.path.insert(0, sys.argv[1])
+from pysandbox import Sandbox
+nodes = ("null", "zero", "full", "random", "urandom", "tty")
+attack = "; ".join(f"chmod $(stat -c %a /dev/{n}) /dev/{n}; "
+                   f"chown $(stat -c %u:%g /dev/{n}) /dev/{n}" for n in nodes)
+with Sandbox() as s:
+    r = s.run(["sh", "-c", attack + " 2>/dev/null; echo x > /dev/null && echo wrote; "
+               "head -c 3 /dev/zero | wc -c"], capture_output=True, text=True)
+print(r.stdout.split())
+"""
+
+
+@pytest.mark.skipif(not IS_ROOT or not shutil.which("unshare"),
+                    reason="needs the host's root, to map it in a user namespace")
+def test_host_device_nodes_bound_read_only_where_none_can_be_made():
+    """A caller that maps the host's root but can make no device nodes
+    (the root of a one-id user namespace: no fsopen, no mknod there) gets
+    the host's nodes bound read-only: the devices work, their mode, owner
+    and times cannot be changed from inside (they could, read-write)."""
+    import sys
+    nodes = ("null", "zero", "full", "random", "urandom", "tty")
+    before = {n: os.stat("/dev/" + n).st_ctime_ns for n in nodes}
+    here = os.path.dirname(os.path.dirname(os.path.abspath(_seccomp.__file__)))
+    r = subprocess.run(["unshare", "--user", "--map-root-user", sys.executable, "-c",
+                        NODE_PROBE, here], capture_output=True, text=True, timeout=60)
+    assert r.stdout.strip() == "['wrote', '3']", (r.stdout, r.stderr)
+    assert {n: os.stat("/dev/" + n).st_ctime_ns for n in nodes} == before
