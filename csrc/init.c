@@ -441,7 +441,7 @@ static int resolve_in_root(int root, char *path, int create, int want_file,
 {
     static char top[1]; /* the parent of a name at the root: "" */
     struct open_how how;
-    char *rel, *parent;
+    char *parent;
     const char *base;
     int fd, dir, rc, cached;
 
@@ -460,11 +460,10 @@ static int resolve_in_root(int root, char *path, int create, int want_file,
         *step = PS_STEP_RESOLVE_TARGET;
         return -1;
     }
-    rel = path;
-    /* the parent is rel up to its last slash: cut there while it is used */
-    char *slash = strrchr(rel, '/');
-    parent = slash ? rel : top;
-    base = slash ? slash + 1 : rel;
+    /* the parent is path up to its last slash: cut there while it is used */
+    char *slash = strrchr(path, '/');
+    parent = slash ? path : top;
+    base = slash ? slash + 1 : path;
     if (slash)
         *slash = 0;
     cached = parent_cached(parent);
@@ -477,7 +476,7 @@ static int resolve_in_root(int root, char *path, int create, int want_file,
     /* an existing target is opened as it is (following symlinks inside);
      * in a cached parent, creating is tried first (EEXIST: it exists) */
     if (!create || !cached) {
-        fd = (int)syscall(SYS_openat2, root, rel, &how, sizeof how);
+        fd = (int)syscall(SYS_openat2, root, path, &how, sizeof how);
         if (fd >= 0 || errno != ENOENT || !create) {
             if (fd < 0)
                 *step = PS_STEP_RESOLVE_TARGET;
@@ -512,7 +511,7 @@ static int resolve_in_root(int root, char *path, int create, int want_file,
         *step = PS_STEP_CREATE_TARGET;
         return -1;
     }
-    fd = (int)syscall(SYS_openat2, root, rel, &how, sizeof how);
+    fd = (int)syscall(SYS_openat2, root, path, &how, sizeof how);
     if (fd < 0)
         *step = PS_STEP_RESOLVE_TARGET;
     return fd;
