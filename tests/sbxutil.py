@@ -216,17 +216,25 @@ def pid_ns_of(sb):
     return ns
 
 
+def pids_in_ns(ns):
+    """Host pids (strings) of the processes whose /proc/PID/ns/pid is ns."""
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            if os.readlink(f"/proc/{d}/ns/pid") == ns:
+                yield d
+        except OSError:
+            continue
+
+
 def commands_in(ns):
     """Host pids and names of the live processes in pid namespace ns other
     than its init and supervisors, seen from the host at once (no waiting:
     a process still alive when the call comes is counted)."""
     out = []
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
+    for d in pids_in_ns(ns):
         try:
-            if os.readlink(f"/proc/{d}/ns/pid") != ns:
-                continue
             with open(f"/proc/{d}/stat") as f:
                 stat = f.read()
         except OSError:

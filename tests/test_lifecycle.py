@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from sbxutil import init_pids
+from sbxutil import init_pids, pids_in_ns
 from sbxutil import alive, sh_run as sh, wait_until
 from pysandbox import Sandbox, SandboxError
 
@@ -37,12 +37,8 @@ def pid_ns_members(ns_link, started_before=None):
     started before the given uptime in ticks: a namespace's inode number is
     reused once it is freed, by whichever namespace comes next)."""
     out = []
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
+    for d in pids_in_ns(ns_link):
         try:
-            if os.readlink(f"/proc/{d}/ns/pid") != ns_link:
-                continue
             if started_before is not None and start_ticks(d) > started_before:
                 continue
             if alive(d):
